@@ -1,0 +1,229 @@
+"""What each ``relais`` sub-command does (argument parsing lives in cli.py)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import secrets
+from datetime import UTC, datetime
+from pathlib import Path
+
+from cryptography.hazmat.primitives import serialization
+
+from certs.ca import CertifiedKey, write_file_atomically
+from certs.issue import issue_client_certificate
+from certs.pkcs12 import to_pkcs12
+from relay.accounts import AccountStore, validate_email, validate_new_professional
+from relay.cli import _config, _read_secret_file
+from relay.config import Config
+from relay.datadir import DataDir, create_pki, generate_password, make_root, render_config
+from relay.errors import Conflict, NotFound, RelayError
+from relay.passwords import Passwords
+from relay.roles import Role, TeamKind
+from storage.blobs import BlobStore
+from storage.database import Database
+from storage.keys import Keyring
+
+
+def _passwords(config: Config) -> Passwords:
+    acc = config.accounts
+    return Passwords(
+        time_cost=acc.argon2_time_cost,
+        memory_kib=acc.argon2_memory_kib,
+        parallelism=acc.argon2_parallelism,
+        min_length=acc.password_min_length,
+    )
+
+
+async def initialise(
+    data: DataDir, *, domain: str, admin_email: str | None, admin_password: str | None
+) -> str | None:
+    """Create the data directory; return the generated admin password (None if given)."""
+    from relay.datadir import validate_domain
+
+    try:
+        domain = validate_domain(domain)
+    except ValueError as exc:
+        raise RelayError(str(exc), code="invalid_domain") from None
+    if data.is_initialised():
+        raise Conflict(f"{data.root} is already initialised (relais.toml exists)")
+    make_root(data)
+    now = datetime.now(UTC)
+    # The config is written last: its presence marks an initialised data dir, so an
+    # interrupted init can simply be run again.
+    if not data.keys.exists():
+        Keyring.create(data.keys)
+    create_pki(data, domain, now)
+    data.blobs.mkdir(mode=0o700, exist_ok=True)
+    data.audit.mkdir(mode=0o700, exist_ok=True)
+    write_file_atomically(data.config, render_config(domain).encode("utf-8"), mode=0o600)
+    config = _config(data)
+    generated = None
+    if admin_password is None:
+        admin_password = generated = generate_password()
+    passwords = _passwords(config)
+    passwords.check_strength(admin_password)
+    new = validate_new_professional(
+        email=admin_email or f"admin@{domain}",
+        display_name="Administrateur",
+        role="admin",
+        rpps=None,
+        specialty=None,
+    )
+    db = await Database.open(data.database(config))
+    try:
+        accounts = AccountStore(db)
+        if await accounts.credentials(new.email) is None:
+            await accounts.create_professional(new, await passwords.hash(admin_password), now)
+    finally:
+        await db.close()
+    return generated
+
+
+async def init(args: argparse.Namespace, data: DataDir) -> int:
+    password = (
+        _read_secret_file(args.admin_password_file, "password")
+        if args.admin_password_file
+        else None
+    )
+    generated = await initialise(
+        data, domain=args.domain, admin_email=args.admin_email, admin_password=password
+    )
+    _print_initialised(data, args.admin_email or f"admin@{args.domain}", generated)
+    return 0
+
+
+def _print_initialised(data: DataDir, admin: str, generated: str | None) -> None:
+    print(f"Relais Santé initialisé dans {data.root}")
+    print(f"  Compte administrateur : {admin}")
+    if generated:
+        print(f"  Mot de passe à usage unique : {generated}")
+        print("  (affiché une seule fois ; changez-le après la première connexion)")
+
+
+async def serve(args: argparse.Namespace, data: DataDir) -> int:
+    from relay.http.server import serve as run_server
+
+    if not data.is_initialised():
+        generated = await initialise(
+            data, domain="relais.localhost", admin_email=None, admin_password=None
+        )
+        _print_initialised(data, "admin@relais.localhost", generated)
+    await run_server(data, _config(data))
+    return 0
+
+
+async def user_add(args: argparse.Namespace, data: DataDir) -> int:
+    config = _config(data)
+    new = validate_new_professional(
+        email=args.email,
+        display_name=args.name or args.email.split("@")[0],
+        role=args.role,
+        rpps=args.rpps,
+        specialty=args.specialty,
+    )
+    passwords = _passwords(config)
+    generated = None
+    password = _read_secret_file(args.password_file, "password") if args.password_file else None
+    if password is None:
+        password = generated = generate_password()
+    passwords.check_strength(password)
+    db = await Database.open(data.database(config))
+    try:
+        accounts = AccountStore(db)
+        now = datetime.now(UTC)
+        teams = []
+        for address in args.team:
+            team = await accounts.team_by_address(address)
+            if team is None:
+                raise NotFound(f"no team with address {address!r}")
+            teams.append(team)
+        pro = await accounts.create_professional(new, await passwords.hash(password), now)
+        for team in teams:
+            await accounts.add_member(team.id, pro.id, now)
+    finally:
+        await db.close()
+    print(f"Compte créé : {pro.email} ({Role(pro.role).value})")
+    if generated:
+        print(f"  Mot de passe à usage unique : {generated}")
+    return 0
+
+
+async def team_add(args: argparse.Namespace, data: DataDir) -> int:
+    config = _config(data)
+    db = await Database.open(data.database(config))
+    try:
+        team = await AccountStore(db).create_team(
+            address=args.address,
+            name=args.name,
+            kind=TeamKind(args.kind),
+            specialty=args.specialty,
+            now=datetime.now(UTC),
+        )
+    finally:
+        await db.close()
+    print(f"Équipe créée : {team.name} <{team.address}@{config.server.domain}>")
+    return 0
+
+
+async def cert_issue(args: argparse.Namespace, data: DataDir) -> int:
+    config = _config(data)
+    email = validate_email(args.email)
+    ca = CertifiedKey.load(data.ca_cert, data.ca_key)
+    db = await Database.open(data.database(config))
+    try:
+        accounts = AccountStore(db)
+        creds = await accounts.credentials(email)
+        if creds is None:
+            raise NotFound(f"no active account for {email}")
+        pro = creds.professional
+        now = datetime.now(UTC)
+        certified = await asyncio.to_thread(
+            issue_client_certificate,
+            ca,
+            email=pro.email,
+            display_name=pro.display_name[:64],
+            rpps=pro.rpps,
+            now=now,
+        )
+        generated = None
+        if args.password_file:
+            password = _read_secret_file(args.password_file, "password")
+        else:
+            password = generated = secrets.token_urlsafe(12)
+        p12 = await asyncio.to_thread(
+            to_pkcs12, certified, ca.certificate, password.encode(), pro.display_name
+        )
+        der = certified.certificate.public_bytes(serialization.Encoding.DER)
+        await accounts.record_client_certificate(
+            serial=f"{certified.certificate.serial_number:x}",
+            pro_id=pro.id,
+            fingerprint=hashlib.sha256(der).hexdigest(),
+            not_after=certified.certificate.not_valid_after_utc,
+            now=now,
+        )
+    finally:
+        await db.close()
+    write_file_atomically(Path(args.out), p12, mode=0o600)
+    print(f"Certificat délivré pour {email} : {args.out}")
+    if generated:
+        print(f"  Mot de passe du fichier .p12 : {generated}")
+    return 0
+
+
+async def keys_rotate(args: argparse.Namespace, data: DataDir) -> int:
+    config = _config(data)
+    keyring = Keyring.load(data.keys)
+    old_ids = keyring.key_ids()
+    new_id = keyring.rotate()
+    blobs = BlobStore(data.blobs, keyring, chunk_size=config.storage.blob_chunk_kib * 1024)
+    count = await blobs.rewrap_all()
+    print(f"Nouvelle clé maîtresse {new_id} ; {count} clés de données re-chiffrées.")
+    if args.destroy_old:
+        for key_id in sorted(old_ids):
+            keyring.destroy(key_id, users=[blobs])
+            print(f"  Ancienne clé {key_id} détruite.")
+    else:
+        print("  Les anciennes clés peuvent être détruites avec : relais keys rotate --destroy-old")
+    return 0

@@ -1,0 +1,167 @@
+"""The aiohttp application: route table, middlewares (errors, auth, headers, metrics)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from importlib.metadata import PackageNotFoundError, version
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from relay.errors import NotFound, PayloadTooLarge, RelayError, Unauthenticated
+from relay.http import directory, files, health, pages, session
+from relay.http.context import RUNTIME, SESSION_COOKIE, Caller, runtime, session_token
+from relay.http.jsonio import error_response, json_response
+from relay.http.openapi import build_document
+from relay.http.route import Route
+from relay.policy import Action, authorize, may_ever
+from relay.runtime import Runtime
+from storage.errors import StorageError
+
+log = logging.getLogger("relais.http")
+
+ROUTE_TABLE = web.AppKey("route_table", dict[tuple[str, str], Route])
+
+
+def _version() -> str:
+    try:
+        return version("relais-sante")
+    except PackageNotFoundError:  # pragma: no cover - running from a bare checkout
+        return "0.0.0"
+
+
+def all_routes() -> list[Route]:
+    routes: list[Route] = [
+        *health.ROUTES,
+        *session.ROUTES,
+        *directory.ROUTES,
+        *files.ROUTES,
+        *pages.ROUTES,
+    ]
+    routes.append(
+        Route(
+            "GET",
+            "/api/openapi.json",
+            openapi,
+            Action.PUBLIC,
+            "This OpenAPI 3.1 document",
+            "operations",
+        )
+    )
+    return routes
+
+
+async def openapi(request: web.Request) -> web.StreamResponse:
+    return json_response(build_document(all_routes(), _version()))
+
+
+def _route_template(request: web.Request) -> str:
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else "unmatched"
+
+
+@web.middleware
+async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every failure becomes ``{"error": {...}}`` with its status; never a stack trace."""
+    try:
+        return await handler(request)
+    except RelayError as exc:
+        return error_response(exc)
+    except StorageError as exc:
+        log.error("storage failure on %s: %s", _route_template(request), type(exc).__name__)
+        error = RelayError("Le service de stockage est momentanément indisponible.")
+        error.http_status, error.code = exc.http_status, exc.code
+        return error_response(error)
+    except web.HTTPRequestEntityTooLarge:
+        return error_response(PayloadTooLarge("Le corps de la requête est trop volumineux."))
+    except web.HTTPNotFound:
+        return error_response(NotFound("Adresse introuvable."))
+    except web.HTTPMethodNotAllowed as exc:
+        error = RelayError("Méthode non autorisée pour cette adresse.", code="method_not_allowed")
+        error.http_status = exc.status
+        return error_response(error)
+    except web.HTTPException:
+        raise  # redirects and the like
+    except Exception:
+        log.exception("unexpected error on %s", _route_template(request))
+        return error_response(RelayError("Erreur interne du relais. L'incident est journalisé."))
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Resolve the session and apply the route's policy action before the handler runs."""
+    route = request.app[ROUTE_TABLE].get((request.method, _route_template(request)))
+    if route is None or route.action is Action.PUBLIC:
+        return await handler(request)
+    rt = runtime(request)
+    token = session_token(request)
+    found = None
+    if token:
+        idle = rt.config.accounts.session_idle_minutes * 60
+        found = await rt.accounts.session(token, rt.clock(), idle)
+    if token is None or found is None:
+        raise Unauthenticated(
+            "Session absente ou expirée. Veuillez vous reconnecter.", code="session_expired"
+        )
+    request["caller"] = Caller(found.professional, token, found.method)
+    # First gate: refuse roles that may never perform the action. Handlers then call
+    # authorize() again with the caller's real relation to the resource.
+    if not may_ever(found.professional.role, route.action):
+        authorize(found.professional.role, route.action)
+    return await handler(request)
+
+
+@web.middleware
+async def headers_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    response = await handler(request)
+    h = response.headers
+    h.setdefault("Strict-Transport-Security", "max-age=31536000")
+    h.setdefault("X-Content-Type-Options", "nosniff")
+    h.setdefault("X-Frame-Options", "DENY")
+    h.setdefault("Referrer-Policy", "no-referrer")
+    h.setdefault(
+        "Content-Security-Policy",
+        "default-src 'self'; img-src 'self' blob: data:; media-src 'self' blob:; "
+        "frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
+    )
+    if request.path.startswith("/api/"):
+        h.setdefault("Cache-Control", "no-store")
+    return response
+
+
+@web.middleware
+async def metrics_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    rt = runtime(request)
+    started = time.perf_counter()
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    except web.HTTPException as exc:
+        status = exc.status
+        raise
+    finally:
+        template = _route_template(request)
+        rt.metrics.requests.labels(request.method, template, str(status)).inc()
+        rt.metrics.latency.labels(request.method, template).observe(time.perf_counter() - started)
+
+
+def build_app(rt: Runtime) -> web.Application:
+    app = web.Application(
+        middlewares=[metrics_middleware, headers_middleware, errors_middleware, auth_middleware],
+        # Uploads are streamed with their own limit; this caps anything read whole.
+        client_max_size=rt.config.http.max_json_bytes,
+    )
+    app[RUNTIME] = rt
+    table: dict[tuple[str, str], Route] = {}
+    for route in all_routes():
+        app.router.add_route(route.method, route.path, route.handler)
+        table[(route.method, route.path)] = route
+    app[ROUTE_TABLE] = table
+    app.router.add_static("/static/", pages.STATIC_DIR, append_version=False)
+    return app
+
+
+__all__ = ["SESSION_COOKIE", "all_routes", "build_app"]

@@ -1,0 +1,151 @@
+"""Encrypted file upload and download (the base of attachments and photos).
+
+The body is streamed into the encrypted blob store; ``201`` is sent only once the
+blob is fsynced and its row committed, so an acknowledged file survives a crash.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sqlite3
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from relay.accounts import new_id
+from relay.errors import BadRequest, NotFound, PayloadTooLarge
+from relay.http.context import caller, runtime
+from relay.http.jsonio import json_response
+from relay.http.route import Route
+from relay.policy import Action, Relation, authorize
+from storage.errors import BlobIntegrityError, BlobTooLarge
+
+log = logging.getLogger("relais.files")
+
+# Small files are authenticated whole before the first byte leaves; larger ones are
+# streamed chunk by chunk (each chunk authenticated) and the connection is aborted
+# on failure, so a client never receives a complete-looking altered file.
+VERIFY_WHOLE_BELOW = 8 * 1024 * 1024
+_CONTENT_TYPE = re.compile(r"^[a-z0-9][a-z0-9!#$&^_.+\-]{0,63}/[a-z0-9][a-z0-9!#$&^_.+\-]{0,63}$")
+
+
+async def _body_chunks(request: web.Request) -> AsyncIterator[bytes]:
+    async for chunk in request.content.iter_chunked(256 * 1024):
+        yield chunk
+
+
+async def upload(request: web.Request) -> web.StreamResponse:
+    rt = runtime(request)
+    who = caller(request)
+    authorize(who.professional.role, Action.UPLOAD_FILE)
+    content_type = request.content_type.lower()
+    if not _CONTENT_TYPE.fullmatch(content_type):
+        raise BadRequest("Type de contenu invalide.", code="invalid_content_type")
+    limit = rt.config.http.max_upload_bytes
+    if request.content_length is not None and request.content_length > limit:
+        raise PayloadTooLarge(f"Le fichier dépasse la taille maximale de {limit} octets.")
+    try:
+        info = await rt.blobs.put(_body_chunks(request), max_bytes=limit)
+    except BlobTooLarge:
+        raise PayloadTooLarge(f"Le fichier dépasse la taille maximale de {limit} octets.") from None
+    file_id = new_id()
+    now = rt.clock()
+
+    def insert(conn: sqlite3.Connection) -> None:
+        conn.execute(
+            "INSERT INTO files (id, blob_id, owner_id, content_type, size, sha256, created_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (
+                file_id,
+                info.blob_id,
+                who.professional.id,
+                content_type,
+                info.size,
+                info.sha256,
+                now.isoformat(),
+            ),
+        )
+
+    try:
+        await rt.db.transaction(insert)
+    except BaseException:
+        await rt.blobs.delete(info.blob_id)
+        raise
+    return json_response(
+        {"id": file_id, "size": info.size, "sha256": info.sha256, "content_type": content_type},
+        status=201,
+        headers={"Location": f"/api/files/{file_id}"},
+    )
+
+
+async def download(request: web.Request) -> web.StreamResponse:
+    rt = runtime(request)
+    who = caller(request)
+    row = await rt.db.fetchone("SELECT * FROM files WHERE id = ?", (request.match_info["id"],))
+    if row is None:
+        raise NotFound("Fichier introuvable.")
+    relation = Relation.OWNER if row["owner_id"] == who.professional.id else Relation.NONE
+    authorize(who.professional.role, Action.DOWNLOAD_FILE, relation)
+    headers = {
+        "Content-Type": row["content_type"],
+        "Content-Disposition": "attachment",
+        "X-Content-SHA256": row["sha256"],
+    }
+    if row["size"] < VERIFY_WHOLE_BELOW:
+        data = await rt.blobs.read_all_verified(row["blob_id"], max_bytes=VERIFY_WHOLE_BELOW)
+        return web.Response(body=data, headers=headers)
+    response = web.StreamResponse(headers=headers)
+    response.content_length = row["size"]
+    await response.prepare(request)
+    try:
+        async with await rt.blobs.open_read(row["blob_id"]) as reader:
+            async for chunk in reader:
+                await response.write(chunk)
+    except BlobIntegrityError:
+        log.error("integrity failure while streaming file %s; connection aborted", row["id"])
+        if request.transport is not None:
+            request.transport.abort()
+        return response
+    await response.write_eof()
+    return response
+
+
+_FILE_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "id": {"type": "string"},
+        "size": {"type": "integer"},
+        "sha256": {"type": "string"},
+        "content_type": {"type": "string"},
+    },
+}
+_ID = ({"name": "id", "in": "path", "required": True, "schema": {"type": "string"}},)
+
+ROUTES = [
+    Route(
+        "POST",
+        "/api/files",
+        upload,
+        Action.UPLOAD_FILE,
+        "Upload a file (raw body); stored encrypted, acknowledged once durable",
+        "files",
+        {"type": "string", "format": "binary"},
+        request_content_type="application/octet-stream",
+        response_schema=_FILE_SCHEMA,
+        success_status=201,
+        errors=(400, 401, 403, 413, 503),
+    ),
+    Route(
+        "GET",
+        "/api/files/{id}",
+        download,
+        Action.DOWNLOAD_FILE,
+        "Download a file you own",
+        "files",
+        response_content_type="application/octet-stream",
+        response_schema={"type": "string", "format": "binary"},
+        errors=(401, 403, 404, 503),
+        parameters=_ID,
+    ),
+]

@@ -1,0 +1,97 @@
+"""Run the HTTPS server until SIGTERM/SIGINT, then stop gracefully."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+from datetime import timedelta
+
+from aiohttp import web
+
+from certs.expiry import expiry_warnings
+from certs.tls import server_ssl_context
+from relay.config import Config
+from relay.datadir import DataDir
+from relay.http.app import build_app
+from relay.runtime import Runtime
+
+log = logging.getLogger("relais")
+
+
+async def serve(data: DataDir, config: Config) -> None:
+    """Open the runtime, listen on HTTPS, and return after a graceful shutdown."""
+    rt = await Runtime.open(data, config)
+    try:
+        await _serve(rt, data, config)
+    finally:
+        await rt.close()
+
+
+async def _serve(rt: Runtime, data: DataDir, config: Config) -> None:
+    cert_path, key_path = data.server_cert(config), data.server_key(config)
+    client_cas = [data.ca_cert]
+    anchors = data.trust_anchors(config)
+    if anchors is not None:
+        client_cas.append(anchors)
+    ssl_context = server_ssl_context(
+        cert_path, key_path, client_ca_paths=client_cas if config.http.client_certificates else []
+    )
+    _warn_expiring(rt, data, config)
+    runner = web.AppRunner(
+        build_app(rt),
+        access_log=None,  # request paths and queries stay out of logs; /metrics counts them
+        shutdown_timeout=config.server.shutdown_timeout_seconds,
+        handle_signals=False,
+    )
+    await runner.setup()
+    site = web.TCPSite(runner, config.http.host, config.http.port, ssl_context=ssl_context)
+    await site.start()
+    port = _bound_port(site, config.http.port)
+    lag_task = asyncio.create_task(rt.metrics.watch_loop_lag())
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    url = rt.config.server.public_url or f"https://localhost:{port}"
+    log.info("listening on https://%s:%d", config.http.host, port)
+    print(f"Relais Santé écoute sur {url}/ (HTTPS, port {port})", flush=True)
+    print(f"  Certificat de l'autorité locale : {data.ca_cert}", flush=True)
+    try:
+        await stop.wait()
+        log.info("stopping: waiting for in-flight requests")
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+        # cleanup() stops accepting, lets in-flight requests finish (shutdown_timeout),
+        # then closes connections; only then are the stores closed by the caller.
+        await runner.cleanup()
+        lag_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await lag_task
+    log.info("stopped")
+
+
+def _bound_port(site: web.TCPSite, configured: int) -> int:
+    server = site._server  # aiohttp exposes the listening sockets only here
+    sockets = getattr(server, "sockets", None) or []
+    for sock in sockets:
+        if sock.family in (socket.AF_INET, socket.AF_INET6):
+            return int(sock.getsockname()[1])
+    return configured
+
+
+def _warn_expiring(rt: Runtime, data: DataDir, config: Config) -> None:
+    from certs.trust import load_certificates_file
+
+    named = [("local CA", rt.ca.certificate)]
+    named += [
+        ("server certificate", cert)
+        for cert in load_certificates_file(data.server_cert(config))[:1]
+    ]
+    for line in expiry_warnings(
+        named, rt.clock(), warn_within=timedelta(days=config.tls.expiry_warning_days)
+    ):
+        log.warning("%s", line)

@@ -1,0 +1,88 @@
+"""Who may do what: the one authorization table every endpoint goes through.
+
+Each route declares an :class:`Action`; the handler works out the caller's
+:class:`Relation` to the resource (owner, member of the owning team, or none) and
+calls :func:`authorize`. Nothing else grants access. The table is data so that it
+can be read, reviewed and tested as a matrix (role x action x relation).
+
+Administrators manage accounts and read audit trails but, by design, do not read
+clinical content: separation of duties as hospital security officers expect.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from enum import StrEnum
+
+from relay.errors import Forbidden
+from relay.roles import Role
+
+
+class Action(StrEnum):
+    PUBLIC = "public"  # no session needed: health checks, login, static pages
+    VIEW_SELF = "self.view"
+    MANAGE_OWN_SECURITY = "self.security"
+    SEARCH_DIRECTORY = "directory.search"
+    UPLOAD_FILE = "file.upload"
+    DOWNLOAD_FILE = "file.download"
+    MANAGE_ACCOUNTS = "accounts.manage"
+    READ_OWN_AUDIT = "audit.read_own"
+    SEARCH_AUDIT = "audit.search"
+    READ_AUDIT_PROOFS = "audit.proofs"
+
+
+class Relation(StrEnum):
+    OWNER = "owner"  # the caller created or is the addressee of the resource
+    TEAM = "team"  # the resource belongs to a team the caller is a member of
+    NONE = "none"  # no link (also used for resources that have no owner)
+
+
+EVERYONE = frozenset(Role)
+CLINICIANS = frozenset({Role.NURSE, Role.PHYSICIAN, Role.SPECIALIST, Role.COORDINATOR})
+ADMINS = frozenset({Role.ADMIN})
+NOBODY: frozenset[Role] = frozenset()
+
+_ANY_RELATION = (Relation.OWNER, Relation.TEAM, Relation.NONE)
+
+
+def _same_for_all(roles: frozenset[Role]) -> dict[Relation, frozenset[Role]]:
+    return dict.fromkeys(_ANY_RELATION, roles)
+
+
+# action -> relation -> roles allowed. Absent means refused.
+POLICY: Mapping[Action, Mapping[Relation, frozenset[Role]]] = {
+    Action.VIEW_SELF: _same_for_all(EVERYONE),
+    Action.MANAGE_OWN_SECURITY: _same_for_all(EVERYONE),
+    Action.SEARCH_DIRECTORY: _same_for_all(EVERYONE),
+    Action.UPLOAD_FILE: _same_for_all(CLINICIANS),
+    # A file is read by its owner; team sharing comes with messages and cases.
+    Action.DOWNLOAD_FILE: {
+        Relation.OWNER: CLINICIANS,
+        Relation.TEAM: NOBODY,
+        Relation.NONE: NOBODY,
+    },
+    Action.MANAGE_ACCOUNTS: _same_for_all(ADMINS),
+    Action.READ_OWN_AUDIT: _same_for_all(EVERYONE),
+    Action.SEARCH_AUDIT: _same_for_all(ADMINS),
+    Action.READ_AUDIT_PROOFS: _same_for_all(EVERYONE),
+}
+
+
+def is_allowed(role: Role, action: Action, relation: Relation = Relation.NONE) -> bool:
+    """True when ``role`` may perform ``action`` on a resource it has ``relation`` to."""
+    if action is Action.PUBLIC:
+        return True
+    return role in POLICY.get(action, {}).get(relation, NOBODY)
+
+
+def may_ever(role: Role, action: Action) -> bool:
+    """True when some relation to some resource lets ``role`` perform ``action``."""
+    if action is Action.PUBLIC:
+        return True
+    return any(role in roles for roles in POLICY.get(action, {}).values())
+
+
+def authorize(role: Role, action: Action, relation: Relation = Relation.NONE) -> None:
+    """Raise :class:`Forbidden` (HTTP 403) unless the table allows it."""
+    if not is_allowed(role, action, relation):
+        raise Forbidden("Vous n'avez pas les droits nécessaires pour cette action.")

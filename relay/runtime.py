@@ -1,0 +1,97 @@
+"""Everything one running relay holds: configuration, stores, limiters, metrics.
+
+Opened once by ``serve`` (and by CLI commands that need the database); handlers
+reach it through the aiohttp application. Nothing here decides anything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from certs.ca import CertifiedKey
+from relay.accounts import AccountStore
+from relay.config import Config
+from relay.datadir import DataDir
+from relay.http.metrics import Metrics
+from relay.passwords import Passwords
+from relay.ratelimit import FailureLimiter
+from storage.blobs import BlobStore
+from storage.bus import EventBus, InMemoryBus
+from storage.database import Database
+from storage.keys import Keyring
+
+log = logging.getLogger("relais")
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass
+class Runtime:
+    config: Config
+    data: DataDir
+    db: Database
+    accounts: AccountStore
+    passwords: Passwords
+    keyring: Keyring
+    blobs: BlobStore
+    bus: EventBus
+    ca: CertifiedKey
+    metrics: Metrics
+    account_failures: FailureLimiter
+    address_failures: FailureLimiter
+    clock: Callable[[], datetime] = field(default=utcnow)
+
+    @classmethod
+    async def open(cls, data: DataDir, config: Config) -> Runtime:
+        """Open every store of ``data``; raises MasterKeyError/StorageError/CertificateError."""
+        keyring = Keyring.load(data.keys)
+        ca = CertifiedKey.load(data.ca_cert, data.ca_key)
+        db = await Database.open(data.database(config))
+        blobs = BlobStore(data.blobs, keyring, chunk_size=config.storage.blob_chunk_kib * 1024)
+        await asyncio.to_thread(blobs.recover)
+        bus = await open_bus(config)
+        acc = config.accounts
+        window = acc.login_window_minutes * 60
+        return cls(
+            config=config,
+            data=data,
+            db=db,
+            accounts=AccountStore(db),
+            passwords=Passwords(
+                time_cost=acc.argon2_time_cost,
+                memory_kib=acc.argon2_memory_kib,
+                parallelism=acc.argon2_parallelism,
+                min_length=acc.password_min_length,
+            ),
+            keyring=keyring,
+            blobs=blobs,
+            bus=bus,
+            ca=ca,
+            metrics=Metrics(config.server.node_name),
+            account_failures=FailureLimiter(window, acc.login_max_failures_per_account),
+            address_failures=FailureLimiter(window, acc.login_max_failures_per_address),
+        )
+
+    @property
+    def public_url(self) -> str:
+        if self.config.server.public_url:
+            return self.config.server.public_url.rstrip("/")
+        return f"https://localhost:{self.config.http.port}"
+
+    async def close(self) -> None:
+        await self.bus.close()
+        await self.db.close()
+
+
+async def open_bus(config: Config) -> EventBus:
+    if config.bus.backend == "redis":
+        from storage.redis_bus import RedisBus
+
+        return RedisBus(config.bus.redis_url, max_len=config.bus.stream_max_len)
+    return InMemoryBus(max_len=config.bus.stream_max_len)

@@ -1,0 +1,1022 @@
+"""The teleconsultation signaling protocol, version 1: JSON text frames over a WebSocket.
+
+Every frame is one JSON object with a ``type``; one frozen dataclass per type (DESIGN.md
+rule 3). ``parse_client_message``/``parse_server_message`` and ``serialize`` are the pairs the
+round-trip tests hold together. The codec is driven by the dataclasses' type hints and field
+metadata, so the wire format, the parser and ``json_schema()`` cannot drift apart.
+
+Session, in order (client → server unless marked ←):
+
+1. ``hello {protocol: 1}`` ← ``welcome`` — or the socket is closed with 4000
+   (``unsupported_protocol``); anything else first closes with 1002 (``hello_required``).
+2. ``join`` ← ``joined`` (professionals: participants, permissions, ``rtcConfiguration``,
+   resume token) or ← ``waiting`` (patients, guests); later ← ``admitted`` when a
+   professional sends ``admit``. Or ``resume {token}`` after a dropped socket.
+3. ``offer``/``answer``/``candidate {to}`` ← relayed to that participant only, with ``from``.
+   Mesh rule: the participant who arrives (or resumes) sends the offers; those already there
+   answer. On ← ``ice_restart {participant_id}`` keep the peer connection and expect a new
+   offer from that participant.
+4. ``media_state``, ``chat``, ``consent``, ``record``, ``refresh_turn``, ``ping``;
+   ``remove``/``admit``/``end`` for professionals; ``leave``.
+
+Wire conventions: keys are snake_case except values handed as is to a browser API
+(``rtcConfiguration`` → ``iceServers``/``urls``/``username``/``credential``; candidates →
+``sdpMid``/``sdpMLineIndex``/``usernameFragment``, the names of ``RTCIceCandidateInit``).
+A relayed message names its sender ``from``. Optional fields whose value is ``null`` are
+omitted. Unknown keys are ignored (a newer client can add fields); unknown *types* are
+answered with ``error {code: "unknown_type"}``. Times are Unix seconds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import re
+import types
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from functools import cache
+from typing import Any, ClassVar, Final, TypeAlias, Union, get_args, get_origin, get_type_hints
+
+from signaling.errors import (
+    FieldTooLarge,
+    InvalidField,
+    MalformedMessage,
+    MessageTooBig,
+    MissingField,
+    UnknownMessageType,
+)
+from signaling.turn import IceServer, RtcConfiguration
+
+PROTOCOL_VERSION: Final = 1
+SUPPORTED_PROTOCOLS: Final = frozenset({PROTOCOL_VERSION})
+
+DEFAULT_MAX_MESSAGE_BYTES: Final = 64 * 1024
+"""Largest frame accepted; an SDP at its cap still fits after JSON escaping."""
+MAX_SDP_CHARS: Final = 32 * 1024
+"""A browser SDP for one audio + one video + one data section is 3–10 kB."""
+MAX_CANDIDATE_CHARS: Final = 1024
+"""An ICE candidate line (RFC 8839 §5.1) is ~100–250 characters."""
+MAX_CHAT_CHARS: Final = 2000
+MAX_NAME_CHARS: Final = 100
+MAX_ID_CHARS: Final = 64
+
+ID_PATTERN: Final = re.compile(r"[A-Za-z0-9_-]+")
+"""Participant and consultation ids: URL-, log- and TURN-username-safe (no ``:``)."""
+TOKEN_PATTERN: Final = re.compile(r"[A-Za-z0-9_-]{16,128}")
+
+
+class Role(StrEnum):
+    """A participant's role in a consultation."""
+
+    PHYSICIAN = "physician"
+    NURSE = "nurse"
+    PATIENT = "patient"
+    SPECIALIST = "specialist"
+    INTERPRETER = "interpreter"
+    GUEST = "guest"
+
+
+class Permission(StrEnum):
+    """What a participant may do; sent in ``joined``/``admitted`` so the page shows the
+    matching buttons (the room enforces the same table)."""
+
+    PUBLISH = "publish"  # send audio/video, offers and answers
+    CHAT = "chat"
+    ADMIT = "admit"
+    REMOVE = "remove"
+    END = "end"
+    RECORD = "record"
+
+
+class ConsentKind(StrEnum):
+    """What a participant consents to."""
+
+    VIDEO = "video"
+    RECORDING = "recording"
+
+
+class LeaveReason(StrEnum):
+    """Why a participant is no longer in the consultation."""
+
+    LEFT = "left"  # sent `leave` (or `end` while other professionals stay)
+    REMOVED = "removed"  # a professional removed them
+    TIMEOUT = "timeout"  # socket dropped and the grace period passed without `resume`
+    CLOSED = "closed"  # the server closed their socket (rate limit, malformed data)
+    REJOINED = "rejoined"  # they joined afresh while their old session was in grace
+
+
+class EndReason(StrEnum):
+    """Why the consultation ended."""
+
+    ENDED_BY_PROFESSIONAL = "ended_by_professional"
+
+
+def _meta(
+    *,
+    key: str | None = None,
+    max_len: int | None = None,
+    pattern: re.Pattern[str] | None = None,
+    minimum: int | None = None,
+    maximum: int | None = None,
+    max_items: int | None = None,
+) -> dict[str, Any]:
+    """Field metadata read by the codec: JSON key and validation caps."""
+    out: dict[str, Any] = {}
+    for key, value in (
+        ("json", key),
+        ("max_len", max_len),
+        ("pattern", pattern),
+        ("minimum", minimum),
+        ("maximum", maximum),
+        ("max_items", max_items),
+    ):
+        if value is not None:
+            out[key] = value
+    return out
+
+
+_ID = _meta(max_len=MAX_ID_CHARS, pattern=ID_PATTERN)
+_SDP = _meta(max_len=MAX_SDP_CHARS)
+
+
+# --- Shared structures ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ConsentRecord:
+    """A participant's answer to one consent question, with the time it was given."""
+
+    granted: bool
+    at: float
+
+
+@dataclass(frozen=True)
+class ParticipantInfo:
+    """What other participants see of someone: no identifiers beyond the room-scoped id."""
+
+    participant_id: str = field(metadata=_ID)
+    role: Role
+    display_name: str = field(metadata=_meta(max_len=MAX_NAME_CHARS))
+    is_professional: bool
+    audio: bool = True
+    video: bool = True
+    connected: bool = True
+    video_consent: ConsentRecord | None = None
+    recording_consent: ConsentRecord | None = None
+
+
+# --- Client → server -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Hello:
+    """First message on a socket: the protocol version the client speaks."""
+
+    TYPE: ClassVar[str] = "hello"
+    protocol: int = field(metadata=_meta(minimum=0, maximum=1_000_000))
+
+
+@dataclass(frozen=True)
+class Join:
+    """Enter the consultation: professionals join the call, others the waiting room."""
+
+    TYPE: ClassVar[str] = "join"
+
+
+@dataclass(frozen=True)
+class Offer:
+    """An SDP offer for participant ``to`` (RFC 8829 JSEP)."""
+
+    TYPE: ClassVar[str] = "offer"
+    to: str = field(metadata=_ID)
+    sdp: str = field(metadata=_SDP)
+
+
+@dataclass(frozen=True)
+class Answer:
+    """An SDP answer for participant ``to``."""
+
+    TYPE: ClassVar[str] = "answer"
+    to: str = field(metadata=_ID)
+    sdp: str = field(metadata=_SDP)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A trickled ICE candidate for ``to`` (RFC 8838); ``candidate == ""`` marks the end of
+    candidates, as ``RTCIceCandidate.toJSON()`` gives it."""
+
+    TYPE: ClassVar[str] = "candidate"
+    to: str = field(metadata=_ID)
+    candidate: str = field(metadata=_meta(max_len=MAX_CANDIDATE_CHARS))
+    sdp_mid: str | None = field(default=None, metadata=_meta(key="sdpMid", max_len=64))
+    sdp_mline_index: int | None = field(
+        default=None, metadata=_meta(key="sdpMLineIndex", minimum=0, maximum=1023)
+    )
+    username_fragment: str | None = field(
+        default=None, metadata=_meta(key="usernameFragment", max_len=256)
+    )
+
+
+@dataclass(frozen=True)
+class Leave:
+    """Leave the consultation (the socket is then closed with 1000)."""
+
+    TYPE: ClassVar[str] = "leave"
+
+
+@dataclass(frozen=True)
+class MediaState:
+    """Microphone (``audio``) and camera (``video``) on or off."""
+
+    TYPE: ClassVar[str] = "media_state"
+    audio: bool
+    video: bool
+
+
+@dataclass(frozen=True)
+class Chat:
+    """An in-call chat line for everyone admitted."""
+
+    TYPE: ClassVar[str] = "chat"
+    text: str = field(metadata=_meta(max_len=MAX_CHAT_CHARS))
+
+
+@dataclass(frozen=True)
+class Ping:
+    """Keep-alive; ``ref`` is echoed in ``pong``."""
+
+    TYPE: ClassVar[str] = "ping"
+    ref: int | None = field(default=None, metadata=_meta(minimum=0, maximum=2**53))
+
+
+@dataclass(frozen=True)
+class Consent:
+    """Grant or revoke consent to video or to recording; timestamped by the server."""
+
+    TYPE: ClassVar[str] = "consent"
+    kind: ConsentKind
+    granted: bool
+
+
+@dataclass(frozen=True)
+class Admit:
+    """(Professional) admit a participant from the waiting room."""
+
+    TYPE: ClassVar[str] = "admit"
+    participant_id: str = field(metadata=_ID)
+
+
+@dataclass(frozen=True)
+class Remove:
+    """(Professional) remove a participant, admitted or waiting."""
+
+    TYPE: ClassVar[str] = "remove"
+    participant_id: str = field(metadata=_ID)
+
+
+@dataclass(frozen=True)
+class End:
+    """(Professional) end the consultation; it ends for all when sent by the last
+    professional, otherwise the sender just leaves."""
+
+    TYPE: ClassVar[str] = "end"
+
+
+@dataclass(frozen=True)
+class Resume:
+    """Take back one's place after a dropped socket, with the token from ``joined``/
+    ``waiting``, within the grace period."""
+
+    TYPE: ClassVar[str] = "resume"
+    token: str = field(metadata=_meta(max_len=128, pattern=TOKEN_PATTERN))
+
+
+@dataclass(frozen=True)
+class RefreshTurn:
+    """Ask for fresh TURN credentials before the current ones expire (long calls)."""
+
+    TYPE: ClassVar[str] = "refresh_turn"
+
+
+@dataclass(frozen=True)
+class Record:
+    """(Professional) ask for the call to be recorded, or stop asking. Recording runs only
+    while every admitted participant has consented to it."""
+
+    TYPE: ClassVar[str] = "record"
+    enabled: bool
+
+
+ClientMessage: TypeAlias = (
+    Hello
+    | Join
+    | Offer
+    | Answer
+    | Candidate
+    | Leave
+    | MediaState
+    | Chat
+    | Ping
+    | Consent
+    | Admit
+    | Remove
+    | End
+    | Resume
+    | RefreshTurn
+    | Record
+)
+
+# --- Server → client -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Welcome:
+    """Answer to ``hello``: the protocol version in use and the frame size limit."""
+
+    TYPE: ClassVar[str] = "welcome"
+    protocol: int
+    max_message_bytes: int
+
+
+@dataclass(frozen=True)
+class Joined:
+    """You are in the call. ``participants`` are the *other* admitted participants."""
+
+    TYPE: ClassVar[str] = "joined"
+    you: ParticipantInfo
+    participants: tuple[ParticipantInfo, ...] = field(metadata=_meta(max_items=256))
+    permissions: tuple[Permission, ...] = field(metadata=_meta(max_items=16))
+    rtc_configuration: RtcConfiguration = field(metadata=_meta(key="rtcConfiguration"))
+    turn_expires_at: int
+    resume_token: str = field(metadata=_meta(max_len=128, pattern=TOKEN_PATTERN))
+    grace_seconds: float
+    recording: bool
+    resumed: bool = False
+
+
+@dataclass(frozen=True)
+class Waiting:
+    """You are in the waiting room; ``host_present``: a professional is connected."""
+
+    TYPE: ClassVar[str] = "waiting"
+    you: ParticipantInfo
+    resume_token: str = field(metadata=_meta(max_len=128, pattern=TOKEN_PATTERN))
+    grace_seconds: float
+    host_present: bool
+    resumed: bool = False
+
+
+@dataclass(frozen=True)
+class Admitted:
+    """A professional (``by``) admitted you: the same state ``joined`` gives."""
+
+    TYPE: ClassVar[str] = "admitted"
+    by: str = field(metadata=_ID)
+    participants: tuple[ParticipantInfo, ...] = field(metadata=_meta(max_items=256))
+    permissions: tuple[Permission, ...] = field(metadata=_meta(max_items=16))
+    rtc_configuration: RtcConfiguration = field(metadata=_meta(key="rtcConfiguration"))
+    turn_expires_at: int
+    recording: bool
+
+
+@dataclass(frozen=True)
+class ParticipantJoined:
+    """Someone entered the call (joined directly, was admitted)."""
+
+    TYPE: ClassVar[str] = "participant_joined"
+    participant: ParticipantInfo
+
+
+@dataclass(frozen=True)
+class ParticipantLeft:
+    """Someone is no longer in the call."""
+
+    TYPE: ClassVar[str] = "participant_left"
+    participant_id: str = field(metadata=_ID)
+    reason: LeaveReason
+
+
+@dataclass(frozen=True)
+class WaitingList:
+    """(To professionals) who is in the waiting room, in arrival order."""
+
+    TYPE: ClassVar[str] = "waiting_list"
+    waiting: tuple[ParticipantInfo, ...] = field(metadata=_meta(max_items=256))
+
+
+@dataclass(frozen=True)
+class Removed:
+    """You were removed by professional ``by``; the socket is then closed with 4003."""
+
+    TYPE: ClassVar[str] = "removed"
+    by: str = field(metadata=_ID)
+
+
+@dataclass(frozen=True)
+class RelayedOffer:
+    """An offer from participant ``from``."""
+
+    TYPE: ClassVar[str] = "offer"
+    sender: str = field(metadata=_meta(key="from", max_len=MAX_ID_CHARS, pattern=ID_PATTERN))
+    sdp: str = field(metadata=_SDP)
+
+
+@dataclass(frozen=True)
+class RelayedAnswer:
+    """An answer from participant ``from``."""
+
+    TYPE: ClassVar[str] = "answer"
+    sender: str = field(metadata=_meta(key="from", max_len=MAX_ID_CHARS, pattern=ID_PATTERN))
+    sdp: str = field(metadata=_SDP)
+
+
+@dataclass(frozen=True)
+class RelayedCandidate:
+    """An ICE candidate from participant ``from``."""
+
+    TYPE: ClassVar[str] = "candidate"
+    sender: str = field(metadata=_meta(key="from", max_len=MAX_ID_CHARS, pattern=ID_PATTERN))
+    candidate: str = field(metadata=_meta(max_len=MAX_CANDIDATE_CHARS))
+    sdp_mid: str | None = field(default=None, metadata=_meta(key="sdpMid", max_len=64))
+    sdp_mline_index: int | None = field(
+        default=None, metadata=_meta(key="sdpMLineIndex", minimum=0, maximum=1023)
+    )
+    username_fragment: str | None = field(
+        default=None, metadata=_meta(key="usernameFragment", max_len=256)
+    )
+
+
+@dataclass(frozen=True)
+class RelayedMediaState:
+    """Participant ``from`` turned their microphone/camera on or off."""
+
+    TYPE: ClassVar[str] = "media_state"
+    sender: str = field(metadata=_meta(key="from", max_len=MAX_ID_CHARS, pattern=ID_PATTERN))
+    audio: bool
+    video: bool
+
+
+@dataclass(frozen=True)
+class RelayedChat:
+    """A chat line from ``from``, stamped by the server (sent to the author too, so every
+    page shows the same order)."""
+
+    TYPE: ClassVar[str] = "chat"
+    sender: str = field(metadata=_meta(key="from", max_len=MAX_ID_CHARS, pattern=ID_PATTERN))
+    text: str = field(metadata=_meta(max_len=MAX_CHAT_CHARS))
+    at: float
+
+
+@dataclass(frozen=True)
+class Pong:
+    """Answer to ``ping``."""
+
+    TYPE: ClassVar[str] = "pong"
+    ref: int | None = None
+
+
+@dataclass(frozen=True)
+class ErrorReply:
+    """A refused message: ``code`` (stable, machine), ``message`` (English, for developers),
+    ``human`` (optional French text for the page)."""
+
+    TYPE: ClassVar[str] = "error"
+    code: str = field(metadata=_meta(max_len=64))
+    message: str = field(metadata=_meta(max_len=500))
+    human: str | None = field(default=None, metadata=_meta(max_len=500))
+
+
+@dataclass(frozen=True)
+class HostReconnecting:
+    """A professional's socket dropped; they have until ``until`` to come back. Waiting
+    patients stay in the waiting room."""
+
+    TYPE: ClassVar[str] = "host_reconnecting"
+    participant_id: str = field(metadata=_ID)
+    until: float
+
+
+@dataclass(frozen=True)
+class HostReturned:
+    """The professional who was reconnecting is back."""
+
+    TYPE: ClassVar[str] = "host_returned"
+    participant_id: str = field(metadata=_ID)
+
+
+@dataclass(frozen=True)
+class IceRestart:
+    """Participant ``participant_id`` resumed on a new socket: keep the peer connection and
+    expect a new offer (ICE restart, RFC 8445 §9) from them."""
+
+    TYPE: ClassVar[str] = "ice_restart"
+    participant_id: str = field(metadata=_ID)
+
+
+@dataclass(frozen=True)
+class ConsentState:
+    """A participant's current consents (``None``: not answered yet)."""
+
+    TYPE: ClassVar[str] = "consent_state"
+    participant_id: str = field(metadata=_ID)
+    video: ConsentRecord | None = None
+    recording: ConsentRecord | None = None
+
+
+@dataclass(frozen=True)
+class RecordingState:
+    """Whether recording is asked for, whether it runs, and whose consent is missing."""
+
+    TYPE: ClassVar[str] = "recording_state"
+    requested: bool
+    active: bool
+    missing_consent: tuple[str, ...] = field(default=(), metadata=_meta(max_items=256))
+
+
+@dataclass(frozen=True)
+class Ended:
+    """The consultation is over for everyone; the socket is then closed with 1000."""
+
+    TYPE: ClassVar[str] = "ended"
+    reason: EndReason
+    by: str | None = field(default=None, metadata=_ID)
+
+
+@dataclass(frozen=True)
+class TurnCredentials:
+    """Fresh ``rtcConfiguration`` (answer to ``refresh_turn``); apply it with
+    ``pc.setConfiguration``."""
+
+    TYPE: ClassVar[str] = "turn_credentials"
+    rtc_configuration: RtcConfiguration = field(metadata=_meta(key="rtcConfiguration"))
+    expires_at: int
+
+
+ServerMessage: TypeAlias = (
+    Welcome
+    | Joined
+    | Waiting
+    | Admitted
+    | ParticipantJoined
+    | ParticipantLeft
+    | WaitingList
+    | Removed
+    | RelayedOffer
+    | RelayedAnswer
+    | RelayedCandidate
+    | RelayedMediaState
+    | RelayedChat
+    | Pong
+    | ErrorReply
+    | HostReconnecting
+    | HostReturned
+    | IceRestart
+    | ConsentState
+    | RecordingState
+    | Ended
+    | TurnCredentials
+)
+
+CLIENT_MESSAGE_TYPES: Final[Mapping[str, type[ClientMessage]]] = {
+    cls.TYPE: cls
+    for cls in (
+        Hello,
+        Join,
+        Offer,
+        Answer,
+        Candidate,
+        Leave,
+        MediaState,
+        Chat,
+        Ping,
+        Consent,
+        Admit,
+        Remove,
+        End,
+        Resume,
+        RefreshTurn,
+        Record,
+    )
+}
+SERVER_MESSAGE_TYPES: Final[Mapping[str, type[ServerMessage]]] = {
+    cls.TYPE: cls
+    for cls in (
+        Welcome,
+        Joined,
+        Waiting,
+        Admitted,
+        ParticipantJoined,
+        ParticipantLeft,
+        WaitingList,
+        Removed,
+        RelayedOffer,
+        RelayedAnswer,
+        RelayedCandidate,
+        RelayedMediaState,
+        RelayedChat,
+        Pong,
+        ErrorReply,
+        HostReconnecting,
+        HostReturned,
+        IceRestart,
+        ConsentState,
+        RecordingState,
+        Ended,
+        TurnCredentials,
+    )
+}
+
+# --- Codec ---------------------------------------------------------------------------------
+
+_Decoder: TypeAlias = Callable[[Any, str], Any]
+_Encoder: TypeAlias = Callable[[Any], Any]
+
+
+@dataclass(frozen=True)
+class _FieldPlan:
+    name: str
+    key: str
+    required: bool
+    decode: _Decoder
+    encode: _Encoder
+
+
+def _decode_str(meta: Mapping[str, Any]) -> _Decoder:
+    max_len: int | None = meta.get("max_len")
+    pattern: re.Pattern[str] | None = meta.get("pattern")
+
+    def decode(value: Any, where: str) -> Any:
+        if not isinstance(value, str):
+            raise InvalidField(where, "must be a string")
+        if max_len is not None and len(value) > max_len:
+            raise FieldTooLarge(where, f"exceeds {max_len} characters")
+        if pattern is not None and not pattern.fullmatch(value):
+            raise InvalidField(where, f"must match {pattern.pattern}")
+        return value
+
+    return decode
+
+
+def _decode_int(meta: Mapping[str, Any]) -> _Decoder:
+    minimum: int | None = meta.get("minimum")
+    maximum: int | None = meta.get("maximum")
+
+    def decode(value: Any, where: str) -> Any:
+        # bool is an int subclass in Python, but `true` is not a number in JSON.
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise InvalidField(where, "must be an integer")
+        if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
+            raise InvalidField(where, f"must be between {minimum} and {maximum}")
+        return value
+
+    return decode
+
+
+def _decode_float(value: Any, where: str) -> Any:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidField(where, "must be a number")
+    # json.loads turns 1e400 into inf; RFC 8259 §6 numbers are finite.
+    if not math.isfinite(value):
+        raise InvalidField(where, "must be finite")
+    return float(value)
+
+
+def _decode_bool(value: Any, where: str) -> Any:
+    if not isinstance(value, bool):
+        raise InvalidField(where, "must be true or false")
+    return value
+
+
+def _decode_enum(enum_type: type[StrEnum]) -> _Decoder:
+    allowed = {member.value: member for member in enum_type}
+    choices = ", ".join(sorted(allowed))
+
+    def decode(value: Any, where: str) -> Any:
+        member = allowed.get(value) if isinstance(value, str) else None
+        if member is None:
+            raise InvalidField(where, f"must be one of: {choices}")
+        return member
+
+    return decode
+
+
+def _codec_for(tp: Any, meta: Mapping[str, Any]) -> tuple[_Decoder, _Encoder]:
+    """Decoder and encoder for one annotated type."""
+    origin = get_origin(tp)
+    if origin is Union or origin is types.UnionType:
+        (inner,) = [arg for arg in get_args(tp) if arg is not type(None)]
+        inner_decode, inner_encode = _codec_for(inner, meta)
+        return (
+            lambda value, where: None if value is None else inner_decode(value, where),
+            lambda value: None if value is None else inner_encode(value),
+        )
+    if origin is tuple:
+        item_type, _ellipsis = get_args(tp)
+        item_decode, item_encode = _codec_for(item_type, meta)
+        max_items: int = meta.get("max_items", 64)
+
+        def decode_tuple(value: Any, where: str) -> Any:
+            if not isinstance(value, list):
+                raise InvalidField(where, "must be an array")
+            if len(value) > max_items:
+                raise FieldTooLarge(where, f"has more than {max_items} items")
+            return tuple(item_decode(item, f"{where}[{i}]") for i, item in enumerate(value))
+
+        return decode_tuple, lambda value: [item_encode(item) for item in value]
+    if tp is str:
+        return _decode_str(meta), _identity
+    if tp is bool:
+        return _decode_bool, _identity
+    if tp is int:
+        return _decode_int(meta), _identity
+    if tp is float:
+        return _decode_float, _identity
+    if isinstance(tp, type) and issubclass(tp, StrEnum):
+        return _decode_enum(tp), _enum_value
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
+        nested: type[Any] = tp
+        return (
+            lambda value, where: _decode_object(nested, value, f"{where}."),
+            _encode_object,
+        )
+    raise TypeError(f"no codec for {tp!r}")  # pragma: no cover - programming error
+
+
+def _identity(value: Any) -> Any:
+    return value
+
+
+def _enum_value(value: Any) -> Any:
+    return value.value
+
+
+@cache
+def _plan(cls: type[Any]) -> tuple[_FieldPlan, ...]:
+    """How to read and write each field of a message dataclass (computed once per class)."""
+    hints = get_type_hints(cls)
+    plans = []
+    for f in dataclasses.fields(cls):
+        decode, encode = _codec_for(hints[f.name], f.metadata)
+        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        plans.append(
+            _FieldPlan(
+                name=f.name,
+                key=f.metadata.get("json", f.name),
+                required=required,
+                decode=decode,
+                encode=encode,
+            )
+        )
+    return tuple(plans)
+
+
+def _decode_object(cls: type[Any], value: Any, prefix: str) -> Any:
+    if not isinstance(value, dict):
+        raise InvalidField(prefix.rstrip(".") or "message", "must be a JSON object")
+    kwargs: dict[str, Any] = {}
+    for plan in _plan(cls):
+        where = prefix + plan.key
+        raw = value.get(plan.key)
+        if raw is None:
+            # Absent and null are the same for optional fields (null ones are omitted).
+            if plan.required:
+                raise MissingField(where)
+            continue
+        kwargs[plan.name] = plan.decode(raw, where)
+    return cls(**kwargs)
+
+
+def _encode_object(obj: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for plan in _plan(type(obj)):
+        value = getattr(obj, plan.name)
+        if value is not None:
+            out[plan.key] = plan.encode(value)
+    return out
+
+
+def _reject_constant(name: str) -> Any:
+    # Python's json accepts NaN/Infinity; RFC 8259 JSON does not.
+    raise ValueError(f"{name} is not JSON")
+
+
+def _load(raw: str | bytes, max_bytes: int) -> tuple[str, dict[str, Any]]:
+    # A str's UTF-8 length is at least its character count and at most four times it:
+    # measure exactly only when the cheap bounds do not decide.
+    if isinstance(raw, bytes):
+        size = len(raw)
+    elif len(raw) > max_bytes:
+        size = len(raw)
+    elif len(raw) * 4 <= max_bytes:
+        size = 0
+    else:
+        size = len(raw.encode("utf-8", "surrogatepass"))
+    if size > max_bytes:
+        raise MessageTooBig(f"message of {size} bytes exceeds the {max_bytes}-byte limit")
+    try:
+        text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
+        obj = json.loads(text, parse_constant=_reject_constant)
+    except UnicodeDecodeError as exc:
+        raise MalformedMessage("message is not valid UTF-8") from exc
+    except (ValueError, RecursionError) as exc:
+        raise MalformedMessage("message is not valid JSON") from exc
+    if not isinstance(obj, dict):
+        raise MalformedMessage("message is not a JSON object")
+    kind = obj.get("type")
+    if kind is None:
+        raise MissingField("type")
+    if not isinstance(kind, str):
+        raise InvalidField("type", "must be a string")
+    return kind, obj
+
+
+def parse_client_message(
+    raw: str | bytes, *, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+) -> ClientMessage:
+    """Parse one client frame.
+
+    Raises (each carrying its WebSocket answer, see ``signaling.errors``):
+    ``MessageTooBig`` (close 1009), ``MalformedMessage`` (not UTF-8/JSON/object, close 1007),
+    ``UnknownMessageType``, ``MissingField``, ``InvalidField``, ``FieldTooLarge`` (replies).
+    """
+    kind, obj = _load(raw, max_bytes)
+    cls = CLIENT_MESSAGE_TYPES.get(kind)
+    if cls is None:
+        raise UnknownMessageType(f"unknown message type '{kind[:40]}'")
+    message: ClientMessage = _decode_object(cls, obj, "")
+    return message
+
+
+def parse_server_message(
+    raw: str | bytes, *, max_bytes: int = 4 * DEFAULT_MAX_MESSAGE_BYTES
+) -> ServerMessage:
+    """Parse one server frame (for test clients and the aiortc peer); same errors as
+    ``parse_client_message``."""
+    kind, obj = _load(raw, max_bytes)
+    cls = SERVER_MESSAGE_TYPES.get(kind)
+    if cls is None:
+        raise UnknownMessageType(f"unknown message type '{kind[:40]}'")
+    message: ServerMessage = _decode_object(cls, obj, "")
+    return message
+
+
+def to_json_object(message: ClientMessage | ServerMessage) -> dict[str, Any]:
+    """The message as a JSON-ready dict, ``type`` first."""
+    return {"type": message.TYPE, **_encode_object(message)}
+
+
+def serialize(message: ClientMessage | ServerMessage) -> str:
+    """The message as one compact JSON text frame (UTF-8 kept as is, not ``\\u``-escaped)."""
+    return json.dumps(to_json_object(message), ensure_ascii=False, separators=(",", ":"))
+
+
+# --- JSON Schema (for the protocol page / OpenAPI components) ------------------------------
+
+
+def _schema_for(tp: Any, meta: Mapping[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
+    origin = get_origin(tp)
+    if origin is Union or origin is types.UnionType:
+        (inner,) = [arg for arg in get_args(tp) if arg is not type(None)]
+        return _schema_for(inner, meta, defs)
+    if origin is tuple:
+        return {
+            "type": "array",
+            "items": _schema_for(get_args(tp)[0], meta, defs),
+            "maxItems": meta.get("max_items", 64),
+        }
+    if tp is str:
+        out: dict[str, Any] = {"type": "string"}
+        if "max_len" in meta:
+            out["maxLength"] = meta["max_len"]
+        if "pattern" in meta:
+            out["pattern"] = f"^{meta['pattern'].pattern}$"
+        return out
+    if tp is bool:
+        return {"type": "boolean"}
+    if tp is int:
+        out = {"type": "integer"}
+        if "minimum" in meta:
+            out["minimum"] = meta["minimum"]
+        if "maximum" in meta:
+            out["maximum"] = meta["maximum"]
+        return out
+    if tp is float:
+        return {"type": "number"}
+    if isinstance(tp, type) and issubclass(tp, StrEnum):
+        return {"type": "string", "enum": [member.value for member in tp]}
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
+        if tp.__name__ not in defs:
+            defs[tp.__name__] = {}  # placeholder against recursion
+            defs[tp.__name__] = _object_schema(tp, defs, type_name=None)
+        return {"$ref": f"#/$defs/{tp.__name__}"}
+    raise TypeError(f"no schema for {tp!r}")  # pragma: no cover - programming error
+
+
+def _object_schema(cls: type[Any], defs: dict[str, Any], type_name: str | None) -> dict[str, Any]:
+    hints = get_type_hints(cls)
+    properties: dict[str, Any] = {}
+    required: list[str] = []
+    if type_name is not None:
+        properties["type"] = {"const": type_name}
+        required.append("type")
+    for plan, f in zip(_plan(cls), dataclasses.fields(cls), strict=True):
+        properties[plan.key] = _schema_for(hints[f.name], f.metadata, defs)
+        if plan.required:
+            required.append(plan.key)
+    schema: dict[str, Any] = {"type": "object", "properties": properties, "required": required}
+    if cls.__doc__:
+        schema["description"] = " ".join(cls.__doc__.split())
+    return schema
+
+
+def json_schema() -> dict[str, Any]:
+    """JSON Schema (2020-12) of every message, for the protocol documentation/OpenAPI.
+
+    ``client``/``server`` map each ``type`` to its schema; shared structures are in
+    ``$defs``.
+    """
+    defs: dict[str, Any] = {}
+    client = {
+        name: _object_schema(cls, defs, name) for name, cls in CLIENT_MESSAGE_TYPES.items()
+    }
+    server = {
+        name: _object_schema(cls, defs, name) for name, cls in SERVER_MESSAGE_TYPES.items()
+    }
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": f"Relais Santé teleconsultation signaling, protocol {PROTOCOL_VERSION}",
+        "client": client,
+        "server": server,
+        "$defs": defs,
+    }
+
+
+# IceServer and RtcConfiguration live with the TURN code and are re-exported here.
+__all__ = [
+    "CLIENT_MESSAGE_TYPES",
+    "DEFAULT_MAX_MESSAGE_BYTES",
+    "MAX_CANDIDATE_CHARS",
+    "MAX_CHAT_CHARS",
+    "MAX_SDP_CHARS",
+    "PROTOCOL_VERSION",
+    "SERVER_MESSAGE_TYPES",
+    "SUPPORTED_PROTOCOLS",
+    "Admit",
+    "Admitted",
+    "Answer",
+    "Candidate",
+    "Chat",
+    "ClientMessage",
+    "Consent",
+    "ConsentKind",
+    "ConsentRecord",
+    "ConsentState",
+    "End",
+    "EndReason",
+    "Ended",
+    "ErrorReply",
+    "Hello",
+    "HostReconnecting",
+    "HostReturned",
+    "IceRestart",
+    "IceServer",
+    "Join",
+    "Joined",
+    "Leave",
+    "LeaveReason",
+    "MediaState",
+    "Offer",
+    "ParticipantInfo",
+    "ParticipantJoined",
+    "ParticipantLeft",
+    "Permission",
+    "Ping",
+    "Pong",
+    "Record",
+    "RecordingState",
+    "RefreshTurn",
+    "RelayedAnswer",
+    "RelayedCandidate",
+    "RelayedChat",
+    "RelayedMediaState",
+    "RelayedOffer",
+    "Remove",
+    "Removed",
+    "Resume",
+    "Role",
+    "RtcConfiguration",
+    "ServerMessage",
+    "TurnCredentials",
+    "Waiting",
+    "WaitingList",
+    "Welcome",
+    "json_schema",
+    "parse_client_message",
+    "parse_server_message",
+    "serialize",
+    "to_json_object",
+]

@@ -1,0 +1,70 @@
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from storage.database import Database
+from storage.errors import MigrationError, StorageError
+
+
+async def test_open_applies_migrations_once_with_durable_pragmas(tmp_path: Path) -> None:
+    db = await Database.open(tmp_path / "relais.db")
+    versions = [row[0] for row in await db.fetchall("SELECT version FROM schema_migrations")]
+    assert versions and versions == sorted(versions)
+    assert (await db.fetchone("PRAGMA journal_mode"))[0] == "wal"  # type: ignore[index]
+    assert (await db.fetchone("PRAGMA synchronous"))[0] == 2  # type: ignore[index]  # FULL
+    await db.close()
+    db = await Database.open(tmp_path / "relais.db")
+    again = [row[0] for row in await db.fetchall("SELECT version FROM schema_migrations")]
+    assert again == versions
+    assert await db.integrity_check() == "ok"
+    await db.close()
+
+
+async def test_failed_migration_applies_nothing(tmp_path: Path) -> None:
+    migrations = tmp_path / "migrations"
+    migrations.mkdir()
+    (migrations / "0001_ok.sql").write_text("CREATE TABLE a (x INTEGER);", encoding="utf-8")
+    (migrations / "0002_broken.sql").write_text(
+        "CREATE TABLE b (x INTEGER); INSERT INTO missing VALUES (1);", encoding="utf-8"
+    )
+    with pytest.raises(MigrationError, match="0002_broken.sql failed"):
+        await Database.open(tmp_path / "x.db", migrations)
+    conn = sqlite3.connect(tmp_path / "x.db")
+    tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
+    assert "a" in tables and "b" not in tables
+    conn.close()
+
+
+async def test_badly_named_migration_is_refused(tmp_path: Path) -> None:
+    migrations = tmp_path / "migrations"
+    migrations.mkdir()
+    (migrations / "first.sql").write_text("SELECT 1;", encoding="utf-8")
+    with pytest.raises(MigrationError, match="NNNN_description"):
+        await Database.open(tmp_path / "x.db", migrations)
+
+
+async def test_transaction_rolls_back_on_error(tmp_path: Path) -> None:
+    db = await Database.open(tmp_path / "relais.db")
+
+    def insert_then_fail(conn: sqlite3.Connection) -> None:
+        conn.execute(
+            "INSERT INTO teams (id, address, name, kind, created_at) VALUES (?, ?, ?, ?, ?)",
+            ("t1", "msp-a", "MSP A", "msp", "2026-01-01"),
+        )
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError):
+        await db.transaction(insert_then_fail)
+    assert await db.fetchall("SELECT * FROM teams") == []
+    await db.close()
+
+
+async def test_read_only_database_raises_storage_error(tmp_path: Path) -> None:
+    db = await Database.open(tmp_path / "relais.db")
+    await db.run(lambda conn: conn.execute("PRAGMA query_only=ON"))
+    with pytest.raises(StorageError, match="database unavailable"):
+        await db.execute(
+            "INSERT INTO teams (id, address, name, kind, created_at) VALUES ('t', 'a', 'n', 'msp', 'x')"
+        )
+    await db.close()
