@@ -37,7 +37,6 @@ import types
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from functools import cache
 from typing import Any, ClassVar, Final, TypeAlias, Union, get_args, get_origin, get_type_hints
 
 from signaling.errors import (
@@ -125,7 +124,7 @@ def _meta(
 ) -> dict[str, Any]:
     """Field metadata read by the codec: JSON key and validation caps."""
     out: dict[str, Any] = {}
-    for key, value in (
+    for name, value in (
         ("json", key),
         ("max_len", max_len),
         ("pattern", pattern),
@@ -134,7 +133,7 @@ def _meta(
         ("max_items", max_items),
     ):
         if value is not None:
-            out[key] = value
+            out[name] = value
     return out
 
 
@@ -351,11 +350,12 @@ class Joined:
     participants: tuple[ParticipantInfo, ...] = field(metadata=_meta(max_items=256))
     permissions: tuple[Permission, ...] = field(metadata=_meta(max_items=16))
     rtc_configuration: RtcConfiguration = field(metadata=_meta(key="rtcConfiguration"))
-    turn_expires_at: int
     resume_token: str = field(metadata=_meta(max_len=128, pattern=TOKEN_PATTERN))
     grace_seconds: float
     recording: bool
     resumed: bool = False
+    turn_expires_at: int | None = None
+    """When the TURN credentials expire (``None``: no TURN server configured)."""
 
 
 @dataclass(frozen=True)
@@ -379,8 +379,8 @@ class Admitted:
     participants: tuple[ParticipantInfo, ...] = field(metadata=_meta(max_items=256))
     permissions: tuple[Permission, ...] = field(metadata=_meta(max_items=16))
     rtc_configuration: RtcConfiguration = field(metadata=_meta(key="rtcConfiguration"))
-    turn_expires_at: int
     recording: bool
+    turn_expires_at: int | None = None
 
 
 @dataclass(frozen=True)
@@ -553,7 +553,7 @@ class TurnCredentials:
 
     TYPE: ClassVar[str] = "turn_credentials"
     rtc_configuration: RtcConfiguration = field(metadata=_meta(key="rtcConfiguration"))
-    expires_at: int
+    expires_at: int | None = None
 
 
 ServerMessage: TypeAlias = (
@@ -754,9 +754,18 @@ def _enum_value(value: Any) -> Any:
     return value.value
 
 
-@cache
+_PLANS: dict[type[Any], tuple[_FieldPlan, ...]] = {}
+
+
 def _plan(cls: type[Any]) -> tuple[_FieldPlan, ...]:
     """How to read and write each field of a message dataclass (computed once per class)."""
+    plans = _PLANS.get(cls)
+    if plans is None:
+        plans = _PLANS[cls] = _make_plan(cls)
+    return plans
+
+
+def _make_plan(cls: type[Any]) -> tuple[_FieldPlan, ...]:
     hints = get_type_hints(cls)
     plans = []
     for f in dataclasses.fields(cls):
@@ -807,9 +816,7 @@ def _reject_constant(name: str) -> Any:
 def _load(raw: str | bytes, max_bytes: int) -> tuple[str, dict[str, Any]]:
     # A str's UTF-8 length is at least its character count and at most four times it:
     # measure exactly only when the cheap bounds do not decide.
-    if isinstance(raw, bytes):
-        size = len(raw)
-    elif len(raw) > max_bytes:
+    if isinstance(raw, bytes) or len(raw) > max_bytes:
         size = len(raw)
     elif len(raw) * 4 <= max_bytes:
         size = 0
@@ -940,12 +947,8 @@ def json_schema() -> dict[str, Any]:
     ``$defs``.
     """
     defs: dict[str, Any] = {}
-    client = {
-        name: _object_schema(cls, defs, name) for name, cls in CLIENT_MESSAGE_TYPES.items()
-    }
-    server = {
-        name: _object_schema(cls, defs, name) for name, cls in SERVER_MESSAGE_TYPES.items()
-    }
+    client = {name: _object_schema(cls, defs, name) for name, cls in CLIENT_MESSAGE_TYPES.items()}
+    server = {name: _object_schema(cls, defs, name) for name, cls in SERVER_MESSAGE_TYPES.items()}
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "title": f"Relais Santé teleconsultation signaling, protocol {PROTOCOL_VERSION}",

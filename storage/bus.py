@@ -38,7 +38,7 @@ import bisect
 import re
 import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Protocol
@@ -162,8 +162,9 @@ class Subscription:
             raise RuntimeError("a Subscription can be entered only once")
         self._entered = True
         self._accepting = True
+        self._lazy = True
         try:
-            await self._hub._attach(self)
+            pass
         except BaseException:
             self._accepting = False
             await self._hub._detach(self)
@@ -186,6 +187,9 @@ class Subscription:
     async def __anext__(self) -> BusEvent:
         if not self._entered:
             raise RuntimeError("enter the subscription with 'async with' before iterating")
+        if getattr(self, "_lazy", False):
+            self._lazy = False
+            await self._hub._attach(self)
         while True:
             if self._buffer:
                 return self._buffer.popleft()
@@ -256,7 +260,7 @@ class EventBus(Protocol):
 
 async def resume(
     bus: EventBus, channel: str, after: str | None, *, page: int = 100
-) -> AsyncIterator[BusEvent]:
+) -> AsyncGenerator[BusEvent, None]:
     """Every event of ``channel`` after offset ``after``, then live events, without gap or repeat.
 
     Subscribes first, replays the history, then yields live events whose offset is above the

@@ -33,7 +33,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.asyncio.connection import Connection
+from redis.asyncio.connection import AbstractConnection, Connection, parse_url
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
@@ -80,6 +80,7 @@ class RedisBus:
         _check_limits(max_len, subscriber_queue)
         if timeout <= 0 or ping_interval <= 0:
             raise ValueError("timeout and ping_interval must be positive")
+        self._url = url
         self._prefix = prefix
         self._max_len = max_len
         self._subscriber_queue = subscriber_queue
@@ -187,7 +188,7 @@ class _LiveLink:
     bus opens a new link for later subscriptions.
     """
 
-    def __init__(self, bus: RedisBus, connection: Connection) -> None:
+    def __init__(self, bus: RedisBus, connection: AbstractConnection) -> None:
         self._bus = bus
         self._connection = connection
         self._subscribers: dict[str, set[Subscription]] = {}
@@ -201,7 +202,17 @@ class _LiveLink:
 
     @classmethod
     async def open(cls, bus: RedisBus) -> _LiveLink:
-        connection: Connection = bus._redis.connection_pool.make_connection()
+        # A connection of our own, in RESP2 whatever the URL or redis-py's default says: pub/sub
+        # messages are then ordinary replies, whereas RESP3 pushes would go to redis-py's push
+        # handler instead of read_response().
+        options: dict[str, Any] = {**parse_url(bus._url), "protocol": 2}
+        connection_class = options.pop("connection_class", Connection)
+        connection: AbstractConnection = connection_class(
+            **options,
+            socket_timeout=bus._timeout,
+            socket_connect_timeout=bus._timeout,
+            retry=Retry(NoBackoff(), 0),
+        )
         async with bus._guard("connect"):
             await connection.connect()
         link = cls(bus, connection)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from importlib.metadata import PackageNotFoundError, version
@@ -116,6 +117,7 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
 async def headers_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     response = await handler(request)
     h = response.headers
+    h["Server"] = "Relais-Sante"  # no software versions for scanners
     h.setdefault("Strict-Transport-Security", "max-age=31536000")
     h.setdefault("X-Content-Type-Options", "nosniff")
     h.setdefault("X-Frame-Options", "DENY")
@@ -130,19 +132,59 @@ async def headers_middleware(request: web.Request, handler: Handler) -> web.Stre
     return response
 
 
+class InFlight:
+    """Counts requests being handled, so shutdown can wait for them to finish.
+
+    aiohttp's own graceful shutdown stops reading from connections first, which
+    would cut an upload whose body is still arriving; we drain before that.
+    """
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.draining = False
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def enter(self) -> None:
+        self.count += 1
+        self._idle.clear()
+
+    def leave(self) -> None:
+        self.count -= 1
+        if self.count == 0:
+            self._idle.set()
+
+    async def drained(self, limit_seconds: float) -> bool:
+        """Stop taking keep-alive requests and wait until none is in flight."""
+        self.draining = True
+        try:
+            await asyncio.wait_for(self._idle.wait(), limit_seconds)
+        except TimeoutError:
+            return False
+        return True
+
+
+IN_FLIGHT = web.AppKey("in_flight", InFlight)
+
+
 @web.middleware
 async def metrics_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     rt = runtime(request)
+    in_flight = request.app[IN_FLIGHT]
+    in_flight.enter()
     started = time.perf_counter()
     status = 500
     try:
         response = await handler(request)
         status = response.status
+        if in_flight.draining:
+            response.force_close()  # no further request on this connection
         return response
     except web.HTTPException as exc:
         status = exc.status
         raise
     finally:
+        in_flight.leave()
         template = _route_template(request)
         rt.metrics.requests.labels(request.method, template, str(status)).inc()
         rt.metrics.latency.labels(request.method, template).observe(time.perf_counter() - started)
@@ -155,6 +197,7 @@ def build_app(rt: Runtime) -> web.Application:
         client_max_size=rt.config.http.max_json_bytes,
     )
     app[RUNTIME] = rt
+    app[IN_FLIGHT] = InFlight()
     table: dict[tuple[str, str], Route] = {}
     for route in all_routes():
         app.router.add_route(route.method, route.path, route.handler)

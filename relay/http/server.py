@@ -15,7 +15,7 @@ from certs.expiry import expiry_warnings
 from certs.tls import server_ssl_context
 from relay.config import Config
 from relay.datadir import DataDir
-from relay.http.app import build_app
+from relay.http.app import IN_FLIGHT, build_app
 from relay.runtime import Runtime
 
 log = logging.getLogger("relais")
@@ -40,8 +40,9 @@ async def _serve(rt: Runtime, data: DataDir, config: Config) -> None:
         cert_path, key_path, client_ca_paths=client_cas if config.http.client_certificates else []
     )
     _warn_expiring(rt, data, config)
+    app = build_app(rt)
     runner = web.AppRunner(
-        build_app(rt),
+        app,
         access_log=None,  # request paths and queries stay out of logs; /metrics counts them
         shutdown_timeout=config.server.shutdown_timeout_seconds,
         handle_signals=False,
@@ -61,7 +62,10 @@ async def _serve(rt: Runtime, data: DataDir, config: Config) -> None:
     print(f"  Certificat de l'autorité locale : {data.ca_cert}", flush=True)
     try:
         await stop.wait()
-        log.info("stopping: waiting for in-flight requests")
+        log.info("stopping: no new connections; waiting for in-flight requests")
+        await site.stop()
+        if not await app[IN_FLIGHT].drained(config.server.shutdown_timeout_seconds):
+            log.warning("in-flight requests still running after the shutdown timeout")
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
