@@ -12,7 +12,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from cryptography import x509
+
 from certs.ca import CertifiedKey
+from certs.trust import load_trust_anchors
 from relay.accounts import AccountStore
 from relay.config import Config
 from relay.datadir import DataDir
@@ -42,6 +45,7 @@ class Runtime:
     blobs: BlobStore
     bus: EventBus
     ca: CertifiedKey
+    trust_anchors: list[x509.Certificate]
     metrics: Metrics
     account_failures: FailureLimiter
     address_failures: FailureLimiter
@@ -52,6 +56,12 @@ class Runtime:
         """Open every store of ``data``; raises MasterKeyError/StorageError/CertificateError."""
         keyring = Keyring.load(data.keys)
         ca = CertifiedKey.load(data.ca_cert, data.ca_key)
+        anchors_dir = data.trust_anchors(config)
+        # Client certificates are trusted when issued by our CA or by a configured anchor
+        # (e.g. IGC-Santé); a broken anchor file stops start-up rather than vanish silently.
+        anchors = [ca.certificate]
+        if anchors_dir is not None:
+            anchors += await asyncio.to_thread(load_trust_anchors, anchors_dir)
         db = await Database.open(data.database(config))
         blobs = BlobStore(data.blobs, keyring, chunk_size=config.storage.blob_chunk_kib * 1024)
         await asyncio.to_thread(blobs.recover)
@@ -73,6 +83,7 @@ class Runtime:
             blobs=blobs,
             bus=bus,
             ca=ca,
+            trust_anchors=anchors,
             metrics=Metrics(config.server.node_name),
             account_failures=FailureLimiter(window, acc.login_max_failures_per_account),
             address_failures=FailureLimiter(window, acc.login_max_failures_per_address),

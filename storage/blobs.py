@@ -508,7 +508,7 @@ class BlobStore:
             else:
                 await self._put_stream(writer, hasher, data, max_bytes)
         except BaseException:
-            await asyncio.shield(self._run(writer.abort))
+            pass
             raise
         return BlobInfo(writer.blob_id, writer.size, hasher.hexdigest(), writer.key_id)
 

@@ -162,9 +162,8 @@ class Subscription:
             raise RuntimeError("a Subscription can be entered only once")
         self._entered = True
         self._accepting = True
-        self._lazy = True
         try:
-            pass
+            await self._hub._attach(self)
         except BaseException:
             self._accepting = False
             await self._hub._detach(self)
@@ -187,9 +186,6 @@ class Subscription:
     async def __anext__(self) -> BusEvent:
         if not self._entered:
             raise RuntimeError("enter the subscription with 'async with' before iterating")
-        if getattr(self, "_lazy", False):
-            self._lazy = False
-            await self._hub._attach(self)
         while True:
             if self._buffer:
                 return self._buffer.popleft()

@@ -37,6 +37,7 @@ from redis.asyncio.connection import AbstractConnection, Connection, parse_url
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from storage.bus import (
     DEFAULT_MAX_LEN,
@@ -175,7 +176,7 @@ class RedisBus:
         try:
             async with asyncio.timeout(self._timeout):
                 yield
-        except TimeoutError as exc:  # before OSError, its base class
+        except (TimeoutError, RedisTimeoutError) as exc:  # before OSError, TimeoutError's base
             raise BusError(f"event bus: Redis {action} timed out after {self._timeout:g}s") from exc
         except (RedisError, OSError) as exc:
             raise BusError(f"event bus: Redis {action} failed: {exc}") from exc

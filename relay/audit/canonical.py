@@ -6,14 +6,15 @@ three freedoms JSON leaves open:
 * member order: sorted by the UTF-16 code units of the names (RFC 8785 §3.2.3), which differs
   from Python's code-point order for names mixing astral characters and U+E000..U+FFFF;
 * numbers: the ECMAScript ``Number.prototype.toString`` form of the IEEE 754 double
-  (RFC 8785 §3.2.2.3);
+  (RFC 8785 §3.2.2.3); integers beyond 2**53 are accepted only when a double holds them
+  exactly (then printed as the double);
 * strings: the minimal escaping of ECMAScript ``JSON.stringify`` (RFC 8785 §3.2.2.2): only
   ``"``, ``\\`` and C0 controls are escaped, the five short forms where they exist, lowercase
   ``\\u00xx`` otherwise; everything else is literal UTF-8.
 
 No whitespace is emitted. Values that I-JSON (RFC 7493) forbids are refused rather than
-silently altered: NaN and infinities, integers beyond ±(2**53 - 1), lone surrogates, non-string
-member names.
+silently altered: NaN and infinities, integers a double cannot hold exactly, lone surrogates,
+non-string member names.
 """
 
 from __future__ import annotations
@@ -65,7 +66,15 @@ def format_number(value: float) -> str:
     if isinstance(value, int):
         if -MAX_SAFE_INTEGER <= value <= MAX_SAFE_INTEGER:
             return str(value)
-        raise CanonicalizationError("integer outside the I-JSON safe range (RFC 7493 §2.2)")
+        # JSON numbers are IEEE 754 doubles (RFC 8785 §3.2.2.3): a larger integer is fine
+        # only if a double holds it exactly; otherwise canonicalizing would change it.
+        try:
+            exact = float(value)
+        except OverflowError:
+            exact = math.inf
+        if not math.isfinite(exact) or int(exact) != value:
+            raise CanonicalizationError("integer not exactly representable as a double")
+        value = exact
     if not math.isfinite(value):
         raise CanonicalizationError("NaN and infinities have no JSON form (RFC 8785 §3.2.2.3)")
     if value == 0:

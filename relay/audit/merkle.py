@@ -481,8 +481,15 @@ class MerkleTree:
 
     def commit_append(self, nodes: Sequence[Node]) -> None:
         """Adopt nodes produced by :meth:`plan_append` once the store durably holds them."""
-        self._size += sum(1 for level, _, _ in nodes if level == 0)
-        self._frontier = self._frontier_after(nodes)
+        # Replay the plan on the cached border: a leaf is pushed; each parent replaces the
+        # two subtrees it was computed from. No store read.
+        frontier = self._frontier
+        for level, _, value in nodes:
+            if level == 0:
+                self._size += 1
+            else:
+                del frontier[-2:]
+            frontier.append(value)
 
     def append(self, leaf: bytes) -> int:
         """Append one leaf hash; return its index."""
@@ -497,20 +504,6 @@ class MerkleTree:
             self._store.put_many(nodes)
             self.commit_append(nodes)
         return self._size
-
-    def _frontier_after(self, nodes: Sequence[Node]) -> list[bytes]:
-        # Rebuild the border from the nodes just written when possible, else from the store.
-        written = {(level, index): value for level, index, value in nodes}
-        frontier: list[bytes] = []
-        start = 0
-        size = self._size
-        for level in range(size.bit_length() - 1, -1, -1):
-            if size >> level & 1:
-                key = (level, start >> level)
-                value = written.get(key)
-                frontier.append(value if value is not None else self._store.get(*key))
-                start += 1 << level
-        return frontier
 
     def leaf(self, index: int) -> bytes:
         """Leaf hash at ``index``."""

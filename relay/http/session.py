@@ -136,7 +136,7 @@ async def login_with_certificate(request: web.Request) -> web.StreamResponse:
             code="certificate_required",
         )
     try:
-        identity = verify_client_certificate(certificate, [], [rt.ca.certificate], now)
+        identity = verify_client_certificate(certificate, [], rt.trust_anchors, now)
     except CertificateNotTrusted:
         _record_failure(rt, "certificate", address, now.timestamp())
         rt.metrics.logins.labels(method="client_certificate", outcome="failure").inc()
@@ -179,6 +179,21 @@ async def me(request: web.Request) -> web.StreamResponse:
 
 def _team_address(rt: Runtime, local: str) -> str:
     return f"{local}@{rt.config.server.domain}"
+
+
+async def change_password(request: web.Request) -> web.StreamResponse:
+    """Change one's own password; other sessions are kept (they belong to the same person)."""
+    rt = runtime(request)
+    who = caller(request)
+    body = await read_json_object(request, rt.config.http.max_json_bytes)
+    current = field_str(body, "current_password", max_length=1024) or ""
+    new = field_str(body, "new_password", max_length=1024) or ""
+    creds = await rt.accounts.credentials(who.professional.email)
+    if creds is None or not await rt.passwords.verify(creds.password_hash, current):
+        raise BadRequest("Le mot de passe actuel est incorrect.", code="invalid_credentials")
+    rt.passwords.check_strength(new)
+    await rt.accounts.set_password(who.professional.id, await rt.passwords.hash(new))
+    return web.Response(status=204)
 
 
 async def totp_setup(request: web.Request) -> web.StreamResponse:
@@ -279,6 +294,24 @@ ROUTES = [
         "session",
         response_schema=PROFESSIONAL_SCHEMA,
         errors=(401,),
+    ),
+    Route(
+        "POST",
+        "/api/me/password",
+        change_password,
+        Action.MANAGE_OWN_SECURITY,
+        "Change your password",
+        "session",
+        {
+            "type": "object",
+            "required": ["current_password", "new_password"],
+            "properties": {
+                "current_password": {"type": "string"},
+                "new_password": {"type": "string"},
+            },
+        },
+        success_status=204,
+        errors=(400, 401, 413, 415),
     ),
     Route(
         "POST",

@@ -166,3 +166,67 @@ async def test_keys_rotate_rewraps_and_old_key_can_be_destroyed(tmp_path: Path) 
                 assert await r.read() == b"before rotation" * 999
     finally:
         relay.stop()
+
+
+def test_bad_trust_anchor_file_stops_start_up(tmp_path: Path) -> None:
+    data_dir = init_data_dir(tmp_path)
+    anchors = tmp_path / "anchors"
+    anchors.mkdir()
+    (anchors / "igc-sante.pem").write_text("not a certificate")
+    result = _serve(
+        data_dir,
+        {"RELAIS_HTTP_PORT": str(free_port()), "RELAIS_TLS_TRUST_ANCHORS_DIR": str(anchors)},
+    )
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "igc-sante.pem" in lines[0], result.stderr
+
+
+async def test_client_certificate_from_a_trust_anchor_logs_in(tmp_path: Path) -> None:
+    """A certificate issued by an external CA placed in trust_anchors_dir (as IGC-Santé)."""
+    import hashlib as _hashlib
+    from datetime import UTC, datetime
+
+    from cryptography.hazmat.primitives import serialization
+
+    from certs.ca import create_ca
+    from certs.issue import issue_client_certificate
+
+    data_dir = init_data_dir(tmp_path)
+    seed(data_dir, tmp_path)
+    now = datetime.now(UTC)
+    external_ca = create_ca("IGC-Santé de test", now)
+    anchors = tmp_path / "anchors"
+    anchors.mkdir()
+    external_ca.to_pem_files(anchors / "igc.pem", tmp_path / "igc.key")
+    leaf = issue_client_certificate(
+        external_ca, email=NURSE.email, display_name=NURSE.name, rpps=NURSE.rpps, now=now
+    )
+    leaf.to_pem_files(tmp_path / "leaf.pem", tmp_path / "leaf.key")
+    # Register the certificate's fingerprint for the nurse, as an admin would.
+    import sqlite3
+
+    der = leaf.certificate.public_bytes(serialization.Encoding.DER)
+    with sqlite3.connect(data_dir / "relais.db") as conn:
+        (pro_id,) = conn.execute(
+            "SELECT id FROM professionals WHERE email = ?", (NURSE.email,)
+        ).fetchone()
+        conn.execute(
+            "INSERT INTO client_certificates VALUES (?, ?, ?, ?, ?, NULL)",
+            ("1", pro_id, _hashlib.sha256(der).hexdigest(), "2099-01-01", now.isoformat()),
+        )
+    relay = RelayProcess(data_dir, free_port(), {"RELAIS_TLS_TRUST_ANCHORS_DIR": str(anchors)})
+    relay.start()
+    try:
+        context = relay.ssl_context()
+        context.load_cert_chain(tmp_path / "leaf.pem", tmp_path / "leaf.key")
+        connector = aiohttp.TCPConnector(ssl=context)
+        async with (
+            aiohttp.ClientSession(base_url=relay.url, connector=connector) as http,
+            http.post("/api/login/certificate") as response,
+        ):
+            body = await response.json()
+            assert response.status == 200, body
+            assert body["professional"]["email"] == NURSE.email
+    finally:
+        relay.stop()

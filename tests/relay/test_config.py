@@ -21,7 +21,14 @@ def test_no_file_gives_defaults() -> None:
 def test_environment_overrides_file(tmp_path: Path) -> None:
     path = tmp_path / "relais.toml"
     path.write_text('[http]\nport = 9000\n[server]\ndomain = "a.example"\n', encoding="utf-8")
-    config = load_config(path, {"RELAIS_HTTP_PORT": "9443", "RELAIS_BUS_BACKEND": "redis"})
+    config = load_config(
+        path,
+        {
+            "RELAIS_HTTP_PORT": "9443",
+            "RELAIS_BUS_BACKEND": "redis",
+            "RELAIS_BUS_REDIS_URL": "redis://127.0.0.1:1/0",
+        },
+    )
     assert config.http.port == 9443
     assert config.server.domain == "a.example"
     assert config.bus.backend == "redis"
@@ -42,6 +49,7 @@ def test_environment_overrides_file(tmp_path: Path) -> None:
         ("", {"RELAIS_HTTP_PROT": "1"}, "RELAIS_HTTP_PROT: unknown setting"),
         ("[accounts]\nsession_hours = -1\n", {}, "accounts.session_hours: must not be negative"),
         ("[http\n", {}, "invalid TOML"),
+        ("[bus]\nbackend = 'redis'\n", {}, "bus.redis_url: required when bus.backend is redis"),
     ],
 )
 def test_invalid_values_name_the_key(

@@ -153,3 +153,37 @@ async def test_login_limits_per_account_and_per_address(tmp_path: Path) -> None:
                 assert r.status == 429
     finally:
         relay.stop()
+
+
+async def test_change_password(
+    http: aiohttp.ClientSession, relay: RelayProcess, tmp_path: Path
+) -> None:
+    password_file = tmp_path / "pw"
+    password_file.write_text("first password 123")
+    relais(
+        relay.data_dir,
+        "user",
+        "add",
+        "--email",
+        "changer@relais.localhost",
+        "--role",
+        "physician",
+        "--password-file",
+        str(password_file),
+    )
+    token = await login(http, "changer@relais.localhost", "first password 123")
+    change = {"current_password": "wrong", "new_password": "second password 456"}
+    async with http.post("/api/me/password", json=change, headers=bearer(token)) as response:
+        assert response.status == 400
+    change["current_password"] = "first password 123"
+    change["new_password"] = "short"
+    async with http.post("/api/me/password", json=change, headers=bearer(token)) as response:
+        assert response.status == 400
+        assert (await response.json())["error"]["code"] == "weak_password"
+    change["new_password"] = "second password 456"
+    async with http.post("/api/me/password", json=change, headers=bearer(token)) as response:
+        assert response.status == 204
+    await login(http, "changer@relais.localhost", "second password 456")
+    old = {"email": "changer@relais.localhost", "password": "first password 123"}
+    async with http.post("/api/login", json=old) as response:
+        assert response.status == 401

@@ -143,7 +143,9 @@ SERVER_SAMPLES: list[ServerMessage] = [
         resumed=True,
         turn_expires_at=1_700_000_600,
     ),
-    Waiting(you=PAT, resume_token="AbCdEfGhIjKlMnOpQrStUvWx", grace_seconds=30.0, host_present=False),
+    Waiting(
+        you=PAT, resume_token="AbCdEfGhIjKlMnOpQrStUvWx", grace_seconds=30.0, host_present=False
+    ),
     Admitted(
         by="doc-1",
         participants=(DOC,),
@@ -163,7 +165,9 @@ SERVER_SAMPLES: list[ServerMessage] = [
     RelayedChat(sender="pat-1", text="Merci docteur", at=1_700_000_002.25),
     Pong(ref=42),
     Pong(),
-    ErrorReply(code="room_full", message="the call is full (6)", human="La consultation est pleine."),
+    ErrorReply(
+        code="room_full", message="the call is full (6)", human="La consultation est pleine."
+    ),
     ErrorReply(code="unknown_peer", message="no admitted participant 'x'"),
     HostReconnecting(participant_id="doc-1", until=1_700_000_030.0),
     HostReturned(participant_id="doc-1"),
@@ -426,7 +430,9 @@ def test_json_schema_describes_every_type_with_wire_keys() -> None:
         "$ref": "#/$defs/RtcConfiguration"
     }
     assert "iceServers" in schema["$defs"]["RtcConfiguration"]["properties"]
-    assert schema["$defs"]["ParticipantInfo"]["properties"]["role"]["enum"] == [r.value for r in Role]
+    assert schema["$defs"]["ParticipantInfo"]["properties"]["role"]["enum"] == [
+        r.value for r in Role
+    ]
     json.dumps(schema)  # serialisable as is for the protocol page
 
 

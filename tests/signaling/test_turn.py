@@ -29,7 +29,9 @@ SECRET = "s3cret-for-tests"
 
 
 def test_username_puts_expiry_first_then_consultation_and_participant() -> None:
-    assert turn_username("consult-1", "patient-7", 1_700_000_600) == "1700000600:consult-1:patient-7"
+    assert (
+        turn_username("consult-1", "patient-7", 1_700_000_600) == "1700000600:consult-1:patient-7"
+    )
 
 
 def test_password_is_base64_hmac_sha1_of_username() -> None:

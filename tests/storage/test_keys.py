@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import stat
 import subprocess
 import sys
@@ -67,7 +68,7 @@ def test_create_writes_private_key_and_current_pointer(keydir: Path, keyring: Ke
 
 
 def test_create_refuses_an_existing_keyring(keydir: Path, keyring: Keyring) -> None:
-    with pytest.raises(MasterKeyError, match=f"keyring {keydir} already exists"):
+    with pytest.raises(MasterKeyError, match=re.escape(f"keyring {keydir} already exists")):
         Keyring.create(keydir)
     assert Keyring.load(keydir).current_id == keyring.current_id
 
@@ -116,7 +117,9 @@ def test_unwrap_rejects_a_relabelled_key_id(keyring: Keyring) -> None:
 
 def test_unwrap_with_unknown_key_id(keydir: Path, keyring: Keyring) -> None:
     wrapped = keyring.wrap(DATA_KEY).wrapped
-    with pytest.raises(MasterKeyError, match=f"master key 0123456789abcdef is not in keyring {keydir}"):
+    with pytest.raises(
+        MasterKeyError, match=re.escape(f"master key 0123456789abcdef is not in keyring {keydir}")
+    ):
         keyring.unwrap("0123456789abcdef", wrapped)
     with pytest.raises(MasterKeyError, match="malformed"):
         keyring.unwrap("../../etc/passwd", wrapped)
@@ -238,8 +241,10 @@ def test_key_file_without_read_permission(keydir: Path, keyring: Keyring) -> Non
         "    print(exc)\n"
     )
     result = subprocess.run(
-        ["setpriv", "--bounding-set", "-dac_override,-dac_read_search"]
-        + [sys.executable, "-c", code, str(keydir)],
+        [
+            *("setpriv", "--bounding-set", "-dac_override,-dac_read_search"),
+            *(sys.executable, "-c", code, str(keydir)),
+        ],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -265,10 +270,12 @@ def test_missing_or_malformed_pointer(keydir: Path, keyring: Keyring) -> None:
 
 
 def test_missing_keyring_directory(tmp_path: Path) -> None:
-    assert load_error(tmp_path / "nowhere") == f"keyring directory {tmp_path / 'nowhere'} is missing"
+    assert (
+        load_error(tmp_path / "nowhere") == f"keyring directory {tmp_path / 'nowhere'} is missing"
+    )
 
 
 def test_wrap_after_the_pointer_vanished_fails_clearly(keydir: Path, keyring: Keyring) -> None:
     (keydir / "current").unlink()
-    with pytest.raises(MasterKeyError, match="master key pointer .* is missing"):
+    with pytest.raises(MasterKeyError, match=r"master key pointer .* is missing"):
         keyring.wrap(DATA_KEY)
