@@ -101,8 +101,7 @@ def build_log(size: int, checkpoint_every: int) -> SyntheticLog:
     if not sizes or sizes[-1] != size:
         sizes.append(size)
     notes = [
-        checkpoint.sign(checkpoint.Checkpoint(ORIGIN, n, tree.root(n)), ORIGIN, key)
-        for n in sizes
+        checkpoint.sign(checkpoint.Checkpoint(ORIGIN, n, tree.root(n)), ORIGIN, key) for n in sizes
     ]
     return SyntheticLog(
         size,
@@ -147,18 +146,23 @@ def measure_proofs(log: SyntheticLog, count: int, seed: int = 7) -> dict[str, fl
     }
 
 
-def main(argv: Sequence[str] | None = None) -> dict[str, float]:
-    """Run the benchmark, print a table, return the figures."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: Sequence[str] = ()) -> dict[str, float]:
+    """Parse options (``--size``, ``--checkpoint-every``, ``--proofs``; none given means the
+    full 1M run), run the benchmark, print a table and return the figures."""
+    parser = argparse.ArgumentParser(prog="python -m bench.audit_verify")
     parser.add_argument("--size", type=int, default=1_000_000, help="entries (default 1M)")
     parser.add_argument("--checkpoint-every", type=int, default=1000)
     parser.add_argument("--proofs", type=int, default=2000, help="proofs of each kind")
-    args = parser.parse_args(argv)
-    if args.size < 2:
-        parser.error("--size must be at least 2")
+    args = parser.parse_args(list(argv))
+    if args.size < 2 or args.checkpoint_every < 1 or args.proofs < 1:
+        parser.error("--size must be >= 2, --checkpoint-every and --proofs >= 1")
+    return run(args.size, args.checkpoint_every, args.proofs)
 
+
+def run(size: int, checkpoint_every: int = 1000, proofs: int = 2000) -> dict[str, float]:
+    """Run the benchmark on ``size`` entries; print a table and return the figures."""
     started = time.perf_counter()
-    log = build_log(args.size, args.checkpoint_every)
+    log = build_log(size, checkpoint_every)
     setup = time.perf_counter() - started
 
     started = time.perf_counter()
@@ -169,23 +173,23 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
     started = time.perf_counter()
     report = verify_log(log.entries(), log.notes, log.verifier_key, origin=ORIGIN)
     verify = time.perf_counter() - started
-    if not report.ok or report.log_size != args.size:
+    if not report.ok or report.log_size != size:
         raise SystemExit(f"verification failed on an intact log: {report.findings[:3]}")
 
     results = {
-        "entries": float(args.size),
+        "entries": float(size),
         "event_bytes": float(len(log.event(0))),
         "checkpoints": float(len(log.notes)),
         "setup_s": setup,
         "produce_entries_s": produce,
         "verify_s": verify,
-        "verify_events_per_s": args.size / verify,
-        **measure_proofs(log, args.proofs),
+        "verify_events_per_s": size / verify,
+        **measure_proofs(log, proofs),
     }
     rows = [
-        ("entries verified", f"{args.size:,}", ""),
+        ("entries verified", f"{size:,}", ""),
         ("event size", f"{results['event_bytes']:.0f} B", "canonical FHIR AuditEvent"),
-        ("signed checkpoints", f"{len(log.notes):,}", f"every {args.checkpoint_every}"),
+        ("signed checkpoints", f"{len(log.notes):,}", f"every {checkpoint_every}"),
         ("full verification", f"{verify:.2f} s", "incl. producing entries"),
         ("  of which producing entries", f"{produce:.2f} s", "template fill + LogEntry"),
         ("verification rate", f"{results['verify_events_per_s']:,.0f} ev/s", "target >= 100,000"),

@@ -656,6 +656,13 @@ def _decode_str(meta: Mapping[str, Any]) -> _Decoder:
             raise FieldTooLarge(where, f"exceeds {max_len} characters")
         if pattern is not None and not pattern.fullmatch(value):
             raise InvalidField(where, f"must match {pattern.pattern}")
+        if not value.isascii():
+            # JSON "\ud800" escapes decode to lone surrogates, which cannot be encoded as
+            # UTF-8 (RFC 8259 §8.2): relaying one would make every recipient's send fail.
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                raise InvalidField(where, "must be valid Unicode text") from None
         return value
 
     return decode

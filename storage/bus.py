@@ -44,6 +44,9 @@ from types import TracebackType
 from typing import Protocol
 
 from storage.errors import BusError
+from storage.errors import InvalidOffset as InvalidOffset  # re-exported for bus users
+from storage.errors import OffsetExpired as OffsetExpired
+from storage.errors import SubscriptionOverflow as SubscriptionOverflow
 
 DEFAULT_MAX_LEN = 10_000
 """Events retained per channel stream, by default."""
@@ -54,34 +57,6 @@ DEFAULT_SUBSCRIBER_QUEUE = 1_000
 # Offsets look like Redis stream IDs, "<milliseconds>-<sequence>", in both implementations,
 # so that the in-memory bus orders them the same way and survives a restart (see InMemoryBus).
 _OFFSET = re.compile(r"(\d{1,20})-(\d{1,20})")
-
-
-class OffsetExpired(BusError):
-    """The offset is older than the channel's retained history: events were lost for it.
-
-    The client must reload its state in full, then follow the channel from its latest offset.
-    """
-
-    http_status = 410
-    code = "resync_required"
-    # RFC 6455 §7.4.2 leaves 4000-4999 to applications; 4410 mirrors HTTP 410 Gone.
-    ws_close = 4410
-
-
-class SubscriptionOverflow(BusError):
-    """The subscriber fell too far behind and was dropped; resume from its last offset."""
-
-    code = "subscriber_too_slow"
-    # 1013 "Try Again Later" (IANA WebSocket close code registry).
-    ws_close = 1013
-
-
-class InvalidOffset(BusError):
-    """The offset was not issued by the bus (malformed), e.g. a forged ``Last-Event-ID``."""
-
-    http_status = 400
-    code = "invalid_offset"
-    ws_close = 1008
 
 
 @dataclass(frozen=True)

@@ -68,3 +68,31 @@ class MasterKeyInUse(StorageError):
 
     http_status = 409
     code = "master_key_in_use"
+
+
+class OffsetExpired(BusError):
+    """The offset is older than the channel's retained history: events were lost for it.
+
+    The client must reload its state in full, then follow the channel from its latest offset.
+    """
+
+    http_status = 410
+    code = "resync_required"
+    # RFC 6455 §7.4.2 leaves 4000-4999 to applications; 4410 mirrors HTTP 410 Gone.
+    ws_close = 4410
+
+
+class SubscriptionOverflow(BusError):
+    """The subscriber fell too far behind and was dropped; resume from its last offset."""
+
+    code = "subscriber_too_slow"
+    # 1013 "Try Again Later" (IANA WebSocket close code registry).
+    ws_close = 1013
+
+
+class InvalidOffset(BusError):
+    """The offset was not issued by the bus (malformed), e.g. a forged ``Last-Event-ID``."""
+
+    http_status = 400
+    code = "invalid_offset"
+    ws_close = 1008

@@ -27,6 +27,20 @@ def require_component(path: str, package: str) -> None:
 
 
 @pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """URL of one throw-away Redis serving the whole test run (free loopback port, tmp dir).
+
+    Tests sharing it keep apart by using a unique key prefix each. Tests that kill or freeze
+    Redis start their own server with :func:`tests.harness.redis_server` instead.
+    """
+    from tests.harness import redis_server
+
+    require_component("/usr/bin/redis-server", "redis-server")
+    with redis_server(tmp_path_factory.mktemp("redis")) as server:
+        yield server.url
+
+
+@pytest.fixture(scope="session")
 def relay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RelayProcess]:
     """The relay, started once for the run, with the standard accounts of harness.accounts."""
     root = tmp_path_factory.mktemp("relay")

@@ -177,7 +177,8 @@ def audit_message(event: Mapping[str, Any]) -> ET.Element:
 
 def audit_message_xml(event: Mapping[str, Any]) -> bytes:
     """The ``AuditMessage`` of one event as a UTF-8 XML document."""
-    return ET.tostring(audit_message(event), encoding="utf-8", xml_declaration=True)
+    document: bytes = ET.tostring(audit_message(event), encoding="utf-8", xml_declaration=True)
+    return document
 
 
 def iter_audit_messages_xml(events: Iterable[Mapping[str, Any]]) -> Iterator[bytes]:

@@ -68,6 +68,7 @@ DCM: Final = "http://dicom.nema.org/resources/ontology/DCM"
 ACTION_SYSTEM: Final = "urn:relais-sante:audit-action"
 ROLE_SYSTEM: Final = "urn:relais-sante:role"
 USER_SYSTEM: Final = "urn:relais-sante:account"
+GUEST_SYSTEM: Final = "urn:relais-sante:guest"
 PATIENT_HASH_SYSTEM: Final = "urn:relais-sante:patient-hmac-sha256"
 QUERY_HASH_SYSTEM: Final = "urn:relais-sante:search-hmac-sha256"
 AUDIT_ENTRY_SYSTEM: Final = "urn:relais-sante:audit-entry"
@@ -359,7 +360,7 @@ _ROLE_RE = re.compile(r"[a-z][a-z_]{0,31}")
 _RPPS_RE = re.compile(r"[0-9]{11}")
 _HEX64_RE = re.compile(r"[0-9a-f]{64}")
 # Detail values: codes, versions, cipher names, peers, digests — no whitespace, so no prose.
-_DETAIL_RE = re.compile(r"[A-Za-z0-9._:/@+=\-\[\],]{1,%d}" % MAX_DETAIL_VALUE)
+_DETAIL_RE = re.compile(rf"[A-Za-z0-9._:/@+=\-\[\],]{{1,{MAX_DETAIL_VALUE}}}")
 
 
 def _require(condition: bool, message: str) -> None:
@@ -542,7 +543,7 @@ def _requestor_agent(record: AuditRecord, action: FhirAction) -> dict[str, Any]:
     elif actor.kind is ActorKind.PATIENT:
         agent = {
             "type": _concept(PATIENT_ROLE_CLASS),
-            "who": {"identifier": {"system": "urn:relais-sante:guest", "value": actor.id}},
+            "who": {"identifier": {"system": GUEST_SYSTEM, "value": actor.id}},
             "altId": actor.id,
         }
     elif actor.kind is ActorKind.SYSTEM:

@@ -140,7 +140,7 @@ def _parse_verifier_key(text: str) -> _Verifier:
 
 
 def _check_note(
-    note: str, label: str, verifier: _Verifier, origin: str | None
+    note: str, label: str, position: str, verifier: _Verifier, origin: str | None
 ) -> _Target | Finding:
     # Signed note: text, blank line, "— name base64(keyID || sig)" lines (c2sp.org/signed-note).
     split = note.rfind("\n\n")
@@ -148,7 +148,7 @@ def _check_note(
         if split < 0 or not note.endswith("\n"):
             raise ValueError("not a signed note")
         text, signature_lines = note[: split + 1], note[split + 2 : -1].split("\n")
-        origin_line, size_line, root_line, *_ = text[:-1].split("\n") + ["", "", ""]
+        origin_line, size_line, root_line, *_ = [*text[:-1].split("\n"), "", "", ""]
         if not origin_line or not _SIZE_RE.fullmatch(size_line):
             raise ValueError("checkpoint body needs origin and size lines")
         root = base64.b64decode(root_line, validate=True)
@@ -156,7 +156,9 @@ def _check_note(
             raise ValueError("checkpoint root is not a 32-byte hash")
         size = int(size_line)
     except (ValueError, binascii.Error) as exc:
-        return Finding(FindingKind.CHECKPOINT_MALFORMED, None, f"{label} is malformed: {exc}")
+        return Finding(
+            FindingKind.CHECKPOINT_MALFORMED, None, f"{label}{position} is malformed: {exc}"
+        )
     known = False
     for line in signature_lines:
         name, _, blob = line.removeprefix(_EM_DASH).partition(" ")
@@ -243,11 +245,11 @@ def verify_log(
     verifier = _parse_verifier_key(verifier_key)
     findings: list[Finding] = []
     targets: list[_Target] = []
-    labelled = [(note, "checkpoint") for note in checkpoints]
+    labelled = [(note, "checkpoint", f" #{n}") for n, note in enumerate(checkpoints, 1)]
     if external_checkpoint is not None:
-        labelled.append((external_checkpoint, "external checkpoint"))
-    for note, label in labelled:
-        result = _check_note(note, label, verifier, origin)
+        labelled.append((external_checkpoint, "external checkpoint", ""))
+    for note, label, position in labelled:
+        result = _check_note(note, label, position, verifier, origin)
         if isinstance(result, Finding):
             findings.append(result)
         else:
@@ -394,8 +396,8 @@ def _explain_misplaced(misplaced: list[tuple[int, int | None]]) -> list[Finding]
         else:
             shift = claim - first
             message = (
-                f"entries at positions {first}..{last} carry indices {claim}..{claim + last - first}"
-                f" (renumbered by {shift:+d})"
+                f"entries at positions {first}..{last} carry indices "
+                f"{claim}..{claim + last - first} (renumbered by {shift:+d})"
             )
         findings.append(Finding(FindingKind.MISPLACED, first, message))
         run.clear()

@@ -28,6 +28,11 @@ async def readyz(request: web.Request) -> web.StreamResponse:
     except Exception as exc:  # any failure means not ready; the type says which
         checks["database"] = type(exc).__name__
     try:
+        await rt.bus.read_from("relais.health", None, limit=1)
+        checks["event_bus"] = "ok"
+    except Exception as exc:  # Redis down or unreachable: not ready
+        checks["event_bus"] = type(exc).__name__
+    try:
         with tempfile.NamedTemporaryFile(dir=rt.data.blobs, prefix=".ready-") as probe:
             probe.write(b"ok")
             os.fsync(probe.fileno())
@@ -55,7 +60,7 @@ ROUTES = [
         "/readyz",
         readyz,
         Action.PUBLIC,
-        "Readiness probe (database, blob store)",
+        "Readiness probe (database, event bus, blob store)",
         "operations",
         errors=(503,),
     ),

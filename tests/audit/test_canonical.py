@@ -156,8 +156,9 @@ json_values = st.recursive(
     | st.integers(-MAX_SAFE_INTEGER, MAX_SAFE_INTEGER)
     | st.floats(allow_nan=False, allow_infinity=False)
     | json_text,
-    lambda children: st.lists(children, max_size=4)
-    | st.dictionaries(json_text, children, max_size=4),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(json_text, children, max_size=4)
+    ),
     max_leaves=20,
 )
 
@@ -185,7 +186,7 @@ def _same(parsed: Any, original: Any) -> bool:
     if original is None or isinstance(original, bool):
         return parsed is original
     if isinstance(original, str):
-        return parsed == original
+        return bool(parsed == original)
     # Numbers compare by value (-0.0 == 0, 4.0 == 4).
     return isinstance(parsed, float) and bool(parsed == original)
 

@@ -31,13 +31,13 @@ GO_TEXT = (
     "If you think cryptography is the answer to your problem,\n"
     "then you don't know what your problem is.\n"
 )
-GO_SIG = "x08go/ZJkuBS9UG/SffcvIAQxVBtiFupLLr8pAcElZInNIuGUgYN1FFYC2pZSNXgKvqfqdngotpRZb6KE6RyyBwJnAM="
+GO_SIG = (
+    "x08go/ZJkuBS9UG/SffcvIAQxVBtiFupLLr8pAcElZInNIuGUgYN1FFYC2pZSNXgKvqfqdngotpRZb6KE6RyyBwJnAM="
+)
 GO_NOTE = GO_TEXT + "\n\u2014 PeterNeumann " + GO_SIG + "\n"
 
 # c2sp.org/tlog-checkpoint example body.
-C2SP_BODY = (
-    "example.com/behind-the-sofa\n20852163\nCsUYapGGPo4dkMgIAUqom/Xajj7h2fB2MPA3j2jxq2I=\n"
-)
+C2SP_BODY = "example.com/behind-the-sofa\n20852163\nCsUYapGGPo4dkMgIAUqom/Xajj7h2fB2MPA3j2jxq2I=\n"
 
 ORIGIN = "relais.test/audit"
 KEY = Ed25519PrivateKey.from_private_bytes(bytes(range(32)))
@@ -108,7 +108,7 @@ def test_c2sp_example_body_parses() -> None:
 
 def test_sign_and_verify_round_trip() -> None:
     note = cp.sign(CHECKPOINT, ORIGIN, KEY)
-    text, blank, signature_line = note.partition("\n\n")
+    text, _, signature_line = note.partition("\n\n")
     assert text + "\n" == cp.format_body(CHECKPOINT)
     assert signature_line.startswith("\u2014 " + ORIGIN + " ")
     raw = base64.b64decode(signature_line.split(" ")[2])

@@ -370,7 +370,15 @@ def test_plan_then_commit_append() -> None:
     nodes = tree.plan_append(_leaves(3))
     assert tree.size == 5  # planning changes nothing
     assert (0, 5, _leaves(3)[0]) in nodes
-    assert [(lv, i) for lv, i, _ in nodes] == [(0, 5), (1, 2), (0, 6), (0, 7), (1, 3), (2, 1), (3, 0)]
+    assert [(lv, i) for lv, i, _ in nodes] == [
+        (0, 5),
+        (1, 2),
+        (0, 6),
+        (0, 7),
+        (1, 3),
+        (2, 1),
+        (3, 0),
+    ]
     tree.store.put_many(nodes)
     tree.commit_append(nodes)
     assert tree.size == 8
@@ -476,7 +484,9 @@ def test_every_inclusion_proof_verifies_and_any_alteration_fails(data: st.DataOb
             verify_inclusion(index, size, LEAVES_300[index], altered, root_hash)
         with pytest.raises(InvalidProof):
             verify_inclusion(index, size, LEAVES_300[index], proof[:-1], root_hash)
-    other = data.draw(st.integers(0, size - 1).filter(lambda i: i != index) if size > 1 else st.none())
+    other = data.draw(
+        st.integers(0, size - 1).filter(lambda i: i != index) if size > 1 else st.none()
+    )
     if other is not None:
         with pytest.raises(InvalidProof):
             verify_inclusion(other, size, LEAVES_300[index], proof, root_hash)

@@ -83,7 +83,8 @@ class RedisServer:
 
     def thaw(self) -> None:
         """Resume a server stopped by :meth:`freeze`."""
-        os.kill(self.process.pid, signal.SIGCONT)
+        with contextlib.suppress(ProcessLookupError):  # it may have exited meanwhile
+            os.kill(self.process.pid, signal.SIGCONT)
 
     def stop(self) -> None:
         """Shut the server down (SIGTERM, then SIGKILL if it lingers)."""

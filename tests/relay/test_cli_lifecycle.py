@@ -230,3 +230,31 @@ async def test_client_certificate_from_a_trust_anchor_logs_in(tmp_path: Path) ->
             assert body["professional"]["email"] == NURSE.email
     finally:
         relay.stop()
+
+
+async def test_relay_on_redis_bus_reports_its_readiness(tmp_path: Path) -> None:
+    """With bus.backend = redis the relay uses a real Redis, and /readyz follows it."""
+    from tests.harness import redis_server
+
+    (tmp_path / "redis").mkdir()
+    with redis_server(tmp_path / "redis") as server:
+        data_dir = init_data_dir(tmp_path)
+        relay = RelayProcess(
+            data_dir,
+            free_port(),
+            {"RELAIS_BUS_BACKEND": "redis", "RELAIS_BUS_REDIS_URL": server.url},
+        )
+        relay.start()
+        try:
+            connector = aiohttp.TCPConnector(ssl=relay.ssl_context())
+            async with aiohttp.ClientSession(base_url=relay.url, connector=connector) as http:
+                async with http.get("/readyz") as response:
+                    assert response.status == 200, await response.text()
+                server.kill()
+                async with http.get("/readyz") as response:
+                    body = await response.json()
+                    assert response.status == 503
+                    assert body["checks"]["event_bus"] != "ok"
+                    assert body["checks"]["database"] == "ok"
+        finally:
+            relay.stop()

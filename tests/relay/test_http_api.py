@@ -28,7 +28,7 @@ async def test_health_and_readiness(http: aiohttp.ClientSession) -> None:
     async with http.get("/readyz") as response:
         body = await response.json()
         assert response.status == 200, body
-        assert body["checks"] == {"database": "ok", "blobs": "ok"}
+        assert body["checks"] == {"database": "ok", "event_bus": "ok", "blobs": "ok"}
 
 
 async def test_login_me_and_logout_with_bearer(http: aiohttp.ClientSession) -> None:

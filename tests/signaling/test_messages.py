@@ -265,7 +265,8 @@ def test_too_big_is_1009() -> None:
     assert parse_client_message(frame, max_bytes=len(frame)) == Chat(text="x" * 100)
     error = _error(frame, max_bytes=len(frame) - 1)
     assert isinstance(error, MessageTooBig)
-    assert error.ws_close == CloseCode.MESSAGE_TOO_BIG == 1009
+    assert error.ws_close == CloseCode.MESSAGE_TOO_BIG
+    assert CloseCode.MESSAGE_TOO_BIG.value == 1009
     assert error.code == "message_too_big"
     assert isinstance(_error(frame.encode(), max_bytes=len(frame) - 1), MessageTooBig)
 
@@ -299,7 +300,8 @@ def test_size_is_counted_in_utf8_bytes_not_characters() -> None:
 def test_malformed_is_1007(frame: str | bytes, message: str) -> None:
     error = _error(frame, max_bytes=200_000)
     assert isinstance(error, MalformedMessage)
-    assert error.ws_close == CloseCode.INVALID_DATA == 1007
+    assert error.ws_close == CloseCode.INVALID_DATA
+    assert CloseCode.INVALID_DATA.value == 1007
     assert error.code == "malformed_message"
     assert message in str(error)
 
@@ -407,6 +409,15 @@ def test_nested_errors_name_the_path() -> None:
     joined["participants"] = [{}] * 300
     with pytest.raises(FieldTooLarge, match="more than 256 items"):
         parse_server_message(json.dumps(joined))
+
+
+def test_lone_surrogates_are_refused() -> None:
+    # Valid JSON, but not encodable as UTF-8: relaying it would break every recipient's send.
+    error = _error('{"type":"chat","text":"caf\\u00e9 \\ud800"}')
+    assert isinstance(error, InvalidField)
+    assert (error.field, str(error)) == ("text", "field 'text' must be valid Unicode text")
+    pair = '{"type":"chat","text":"\\ud83d\\udc4d"}'  # a proper surrogate pair is fine
+    assert parse_client_message(pair) == Chat(text="👍")
 
 
 def test_non_finite_numbers_are_refused() -> None:

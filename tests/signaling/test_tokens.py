@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
 
 import pytest
 
@@ -24,26 +26,40 @@ NOW = 1_700_000_000.0
 EXPIRES = 1_700_003_600
 
 
-def _issue(**overrides: object) -> str:
-    args: dict[str, object] = {
-        "consultation_id": "c0nsult-8Jx2",
-        "participant_id": "pat_Q7",
-        "role": Role.PATIENT,
-        "expires_at": EXPIRES,
-        "version": 3,
-    }
-    args.update(overrides)
-    return issue_join_token(SECRET, **args)  # type: ignore[arg-type]
+def _issue(
+    *,
+    consultation_id: str = "c0nsult-8Jx2",
+    participant_id: str = "pat_Q7",
+    role: Role = Role.PATIENT,
+    expires_at: int = EXPIRES,
+    version: int = 3,
+    birth_date_check: bool = False,
+) -> str:
+    return issue_join_token(
+        SECRET,
+        consultation_id=consultation_id,
+        participant_id=participant_id,
+        role=role,
+        expires_at=expires_at,
+        version=version,
+        birth_date_check=birth_date_check,
+    )
 
 
-def _verify(token: str, **overrides: object) -> JoinGrant:
-    args: dict[str, object] = {
-        "consultation_id": "c0nsult-8Jx2",
-        "now": NOW,
-        "current_versions": {"pat_Q7": 3},
-    }
-    args.update(overrides)
-    return verify_join_token(SECRET, token, **args)  # type: ignore[arg-type]
+def _verify(
+    token: str,
+    *,
+    consultation_id: str = "c0nsult-8Jx2",
+    now: float = NOW,
+    current_versions: Mapping[str, int] | int = MappingProxyType({"pat_Q7": 3}),
+) -> JoinGrant:
+    return verify_join_token(
+        SECRET,
+        token,
+        consultation_id=consultation_id,
+        now=now,
+        current_versions=current_versions,
+    )
 
 
 def test_issue_then_verify_gives_the_grant() -> None:
@@ -88,8 +104,8 @@ def test_professional_roles_round_trip() -> None:
         lambda t: t.replace(".3.0.", ".4.0."),  # version
     ],
 )
-def test_any_edit_is_forged(tamper: object) -> None:
-    token = tamper(_issue())  # type: ignore[operator]
+def test_any_edit_is_forged(tamper: Callable[[str], str]) -> None:
+    token = tamper(_issue())
     with pytest.raises(TokenForged) as caught:
         _verify(token, current_versions=4 if ".4.0." in token else 3)
     assert caught.value.code == "token_forged"

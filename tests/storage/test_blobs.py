@@ -67,6 +67,13 @@ async def pieces(data: bytes, seed: int = 1) -> AsyncIterator[bytes]:
         start = end
 
 
+async def trickle(data: bytes) -> AsyncIterator[bytes]:
+    """``data`` in 2-chunk pieces, slowly: the first chunks reach the disk before the end."""
+    for start in range(0, len(data), 2 * CS):
+        yield data[start : start + 2 * CS]
+        await asyncio.sleep(0.02)
+
+
 def blob_path(store: BlobStore, blob_id: str) -> Path:
     return store.root / blob_id[:2] / blob_id
 
@@ -211,7 +218,7 @@ async def test_max_bytes(store: BlobStore, streamed: bool) -> None:
     info = await store.put(pieces(data) if streamed else data, max_bytes=5 * CS)
     assert info.size == 5 * CS
     with pytest.raises(BlobTooLarge):
-        await store.put(pieces(data) if streamed else data, max_bytes=5 * CS - 1)
+        await store.put(trickle(data) if streamed else data, max_bytes=5 * CS - 1)
     assert all_files(store) == [blob_path(store, info.blob_id)]  # nothing left by the refusal
     assert BlobTooLarge.http_status == 413
 
@@ -246,7 +253,8 @@ async def test_delete(store: BlobStore) -> None:
 
 async def test_failing_upload_leaves_nothing(store: BlobStore) -> None:
     async def broken() -> AsyncIterator[bytes]:
-        yield payload(3 * CS)
+        async for piece in trickle(payload(3 * CS)):
+            yield piece
         raise ConnectionResetError("client went away")
 
     with pytest.raises(ConnectionResetError):

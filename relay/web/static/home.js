@@ -44,4 +44,28 @@ document.getElementById("directory-form").addEventListener("submit", async (even
   if (!list.children.length) list.appendChild(item("Aucun résultat."));
 });
 
+document.getElementById("password-form").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  const status = document.getElementById("password-status");
+  const response = await fetch("/api/me/password", {
+    method: "POST",
+    credentials: "same-origin",
+    headers: { "Content-Type": "application/json" },
+    body: JSON.stringify({
+      current_password: document.getElementById("current-password").value,
+      new_password: document.getElementById("new-password").value,
+    }),
+  });
+  if (response.ok) {
+    status.textContent = "Mot de passe modifié.";
+    status.className = "";
+    event.target.reset();
+  } else {
+    const data = await response.json();
+    status.textContent = data.error.message;
+    status.className = "error";
+  }
+  status.hidden = false;
+});
+
 load();
