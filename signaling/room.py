@@ -26,9 +26,14 @@ Rules (decisions documented here, see issue 6):
   ``joined``/``waiting`` restores identity, place (waiting position or call) and consents;
   the others get ``ice_restart``. After the grace period the member is removed and the others
   get ``participant_left`` (reason ``timeout``).
-- The waiting list survives a professional's disconnect: waiting patients get
-  ``host_reconnecting`` (then ``host_returned``) and are never dropped for it — not even when
-  that professional's grace period runs out, since another professional may still come.
+- The waiting list survives a professional's disconnect: everyone connected (waiting
+  patients included) gets ``host_reconnecting`` (then ``host_returned``), and waiters are never
+  dropped for it — not even when that professional's grace period runs out, since another
+  professional may still come. A non-professional's drop is not announced (their video just
+  freezes): the others hear ``ice_restart`` on resume or ``participant_left`` on timeout.
+- A second ``join`` by a participant already connected is ``already_joined`` (use
+  ``resume``); a ``join`` while the old session is in grace discards it (``participant_left``
+  reason ``rejoined``) and starts afresh — for a patient, back to the waiting room.
 - ``end`` by the last admitted professional (dropped ones in their grace period count as
   present) ends the consultation for all; sent while another professional remains, it only
   makes the sender leave. ``leave`` never ends the consultation: the last professional can
@@ -126,7 +131,12 @@ from signaling.messages import (
     Welcome,
     parse_client_message,
 )
-from signaling.turn import RtcConfiguration, TurnSettings, rtc_configuration
+from signaling.turn import (
+    RtcConfiguration,
+    TurnSettings,
+    credentials_expire_at,
+    rtc_configuration,
+)
 
 # --- Inputs --------------------------------------------------------------------------------
 
@@ -1014,7 +1024,7 @@ class Room:
     def _rtc(self, participant_id: str, now: float) -> tuple[RtcConfiguration, int | None]:
         turn = self.settings.turn
         rtc = rtc_configuration(turn, self.consultation_id, participant_id, now)
-        return rtc, None if turn is None else int(now) + turn.lifetime
+        return rtc, None if turn is None else credentials_expire_at(now, turn)
 
     def _joined(self, member: _Member, token: str, now: float, *, resumed: bool) -> Joined:
         rtc, expires_at = self._rtc(member.participant_id, now)

@@ -26,6 +26,7 @@ __all__ = [
     "IceServer",
     "RtcConfiguration",
     "TurnSettings",
+    "credentials_expire_at",
     "rtc_configuration",
     "turn_credentials",
     "turn_password",

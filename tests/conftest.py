@@ -17,6 +17,16 @@ from tests.harness.relay_process import ADMIN_PASSWORD, RelayProcess, init_data_
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Run browser tests last.
+
+    Playwright's sync API leaves its event loop marked as running on the main thread for
+    as long as the shared browser lives, which would break every asyncio test after it;
+    grouping browser tests at the end lets one Chromium serve them all.
+    """
+    items.sort(key=lambda item: item.get_closest_marker("browser") is not None)
+
+
 def require_component(path: str, package: str) -> None:
     """Skip locally when a system component is missing; in CI, fail instead."""
     if shutil.which(path) is None and not Path(path).exists():
