@@ -240,6 +240,10 @@ class AccountStore:
         )
         return _team(row) if row is not None else None
 
+    async def team_by_id(self, team_id: str) -> Team | None:
+        row = await self.db.fetchone("SELECT * FROM teams WHERE id = ?", (team_id,))
+        return _team(row) if row is not None else None
+
     async def add_member(self, team_id: str, pro_id: str, now: datetime) -> None:
         await self.db.execute(
             "INSERT INTO team_members (team_id, professional_id, added_at) VALUES (?, ?, ?)"

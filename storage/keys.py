@@ -100,6 +100,7 @@ class Keyring:
         directory = Path(directory)
         created = not directory.exists()
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        directory.chmod(0o700)  # also when it existed (umask or an earlier mkdir)
         if created:
             fsync_dir(directory.parent)
         if (directory / _CURRENT).exists() or any(_key_files(directory)):

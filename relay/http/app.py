@@ -11,7 +11,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from relay.errors import NotFound, PayloadTooLarge, RelayError, Unauthenticated
-from relay.http import directory, files, health, pages, session
+from relay.http import admin, directory, files, health, pages, session
 from relay.http.context import RUNTIME, SESSION_COOKIE, Caller, runtime, session_token
 from relay.http.jsonio import error_response, json_response
 from relay.http.openapi import build_document
@@ -38,6 +38,7 @@ def all_routes() -> list[Route]:
         *session.ROUTES,
         *directory.ROUTES,
         *files.ROUTES,
+        *admin.ROUTES,
         *pages.ROUTES,
     ]
     routes.append(

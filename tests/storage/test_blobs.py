@@ -48,9 +48,8 @@ def keyring(tmp_path: Path) -> Keyring:
 
 @pytest.fixture
 def store(tmp_path: Path, keyring: Keyring) -> BlobStore:
-    store = BlobStore(tmp_path / "blobs", keyring, chunk_size=CS)
-    store.recover()
-    return store
+    # No recover(): shard directories are then made on demand (recover() is tested below).
+    return BlobStore(tmp_path / "blobs", keyring, chunk_size=CS)
 
 
 def payload(size: int, seed: int = 0) -> bytes:
@@ -128,7 +127,7 @@ async def test_file_layout(store: BlobStore, size: int, chunks: int) -> None:
 
 
 async def test_default_chunk_size_round_trip(tmp_path: Path, keyring: Keyring) -> None:
-    store = BlobStore(tmp_path / "big", keyring)  # 1 MiB chunks, no recover(): shards on demand
+    store = BlobStore(tmp_path / "big", keyring)  # 1 MiB chunks
     for size in (1 << 20, (1 << 20) + 1, 3 * (1 << 20) + 5):
         data = os.urandom(size)
         info = await store.put(data)
@@ -497,6 +496,7 @@ async def test_destroyed_key_makes_old_blobs_unreadable(store: BlobStore, keyrin
 
 
 async def test_recover_removes_temp_files(store: BlobStore) -> None:
+    store.recover()
     info = await store.put(b"kept")
     leftovers = [
         store.root / "ab" / ".tmp-abcdefghijklmnopqrstuvwxyz",
