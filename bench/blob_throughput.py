@@ -1,17 +1,18 @@
 """Encrypted blob store throughput against storing the same bytes in the clear.
 
 Write: ``BlobStore.put`` (1 MB given as bytes; 50 MB streamed in 64 KiB pieces, as an HTTP
-upload arrives) against an unencrypted durable write of the same bytes done the way the server
-must do it: temp file, write, fsync, rename, fsync the directory (DESIGN.md: nothing acknowledged
-before it is durable), in the event loop's executor (never on the loop). That row carries the
-target. A second row compares with the bare minimum: write + fsync, inline, no thread hop.
+upload arrives) against an unencrypted store doing what the server must do before acknowledging
+(DESIGN.md): temp file, write, fsync, rename, fsync the directory, in the event loop's executor
+(never on the loop), into the same 1024 shard directories. That row carries the target. A second
+row compares with the bare minimum: write + fsync, inline, no rename, no thread hop.
 
 Read: ``read_all_verified`` (1 MB) and the streaming ``open_read`` (50 MB) against reading the
 plain file in 1 MiB reads in one executor job. Both start from a cold page cache
 (``POSIX_FADV_DONTNEED`` on every file), as when a specialist opens a photo uploaded hours
 earlier; hot-cache rows follow, without target: there the baseline is a memory copy.
 
-Repetitions alternate baseline and store runs so drift affects both; medians are reported.
+Each repetition runs the store and the baselines in a shuffled order, so drift and ordering
+effects hit all of them alike; medians are reported.
 Temporary files go to ``$TMPDIR``: point it at the data disk to measure that disk.
 """
 
@@ -20,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import os
+import random
 import statistics
 import tempfile
 import time
@@ -28,17 +30,17 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 from bench.run import Result
-from storage.blobs import BlobStore
+from storage.blobs import SHARDS, BlobStore, new_blob_id
 from storage.keys import Keyring, fsync_dir
 
 MB = 1_000_000
 READ_SIZE = 1 << 20
 PIECE = 64 << 10
-CASES = ((1 * MB, 25), (50 * MB, 5))  # (blob size, repetitions)
+CASES = ((1 * MB, 40), (50 * MB, 7))  # (blob size, repetitions)
 WRITE_TARGET = 0.8
 READ_TARGET = 0.9
-RAW_DURABLE = "tmp, write, fsync, rename, fsync dir; in executor"
-RAW_INLINE = "write, fsync; inline"
+RAW_DURABLE = "tmp, write, fsync, rename, fsync dir (executor)"
+RAW_INLINE = "write, fsync (inline)"
 
 
 def _raw_write(final: Path, data: bytes, *, rename: bool) -> None:
@@ -67,15 +69,18 @@ def _raw_read(path: Path) -> int:
     return total
 
 
-def _evict(root: Path) -> None:
-    """Drop the clean cached pages of every file under ``root`` (they were fsynced)."""
-    for directory, _dirs, files in os.walk(root):
-        for name in files:
-            fd = os.open(Path(directory) / name, os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-            finally:
-                os.close(fd)
+def _evict(*paths: Path) -> None:
+    """Drop the cached pages of these files (clean: they were fsynced)."""
+    for path in paths:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
+def _sharded(root: Path, name: str) -> Path:
+    return root / name[:2] / name
 
 
 async def _arrive(pieces: list[bytes]) -> AsyncIterator[bytes]:
@@ -91,41 +96,57 @@ async def _stream(store: BlobStore, blob_id: str) -> None:
 
 
 async def _one_round(
-    store: BlobStore, raw_dir: Path, data: bytes, rep: int, times: dict[str, list[float]]
+    store: BlobStore,
+    raw_dir: Path,
+    data: bytes,
+    pieces: list[bytes] | None,
+    order: random.Random,
+    times: dict[str, list[float]],
 ) -> None:
-    """One repetition of every measurement for ``data``, appended to ``times``."""
+    """One repetition of every measurement, in shuffled order, appended to ``times``.
+
+    ``pieces``: stream ``data`` in these pieces rather than pass it whole.
+    """
     loop = asyncio.get_running_loop()
-    streamed = len(data) >= 10 * MB
-    raw = raw_dir / f"{len(data)}-{rep}"
+    raw, raw_b = (_sharded(raw_dir, new_blob_id()) for _ in range(2))
     clock = time.perf_counter
+    blob_id = ""
 
-    t = clock()
-    await loop.run_in_executor(None, functools.partial(_raw_write, raw, data, rename=True))
-    times["raw_durable"].append(clock() - t)
-    t = clock()
-    _raw_write(raw.with_suffix(".b"), data, rename=False)
-    times["raw_fsync_inline"].append(clock() - t)
-    pieces = [data[start : start + PIECE] for start in range(0, len(data), PIECE)]
-    t = clock()
-    info = await store.put(_arrive(pieces) if streamed else data)
-    times["put"].append(clock() - t)
+    async def put() -> None:
+        nonlocal blob_id
+        blob_id = (await store.put(data if pieces is None else _arrive(pieces))).blob_id
 
-    for cache in ("cold", "hot"):
-        if cache == "cold":
-            _evict(raw_dir.parent)
-        t = clock()
-        await loop.run_in_executor(None, _raw_read, raw)
-        times[f"raw_read_{cache}"].append(clock() - t)
-        t = clock()
-        if streamed:
-            await _stream(store, info.blob_id)
+    async def raw_durable() -> None:
+        await loop.run_in_executor(None, functools.partial(_raw_write, raw, data, rename=True))
+
+    async def raw_fsync_inline() -> None:
+        _raw_write(raw_b, data, rename=False)
+
+    async def get() -> None:
+        if pieces is None:
+            await store.read_all_verified(blob_id, max_bytes=len(data))
         else:
-            await store.read_all_verified(info.blob_id, max_bytes=len(data))
-        times[f"get_{cache}"].append(clock() - t)
+            await _stream(store, blob_id)
 
-    await store.delete(info.blob_id)
+    async def raw_read() -> None:
+        await loop.run_in_executor(None, _raw_read, raw)
+
+    for group in (
+        [("put", put), ("raw_durable", raw_durable), ("raw_fsync_inline", raw_fsync_inline)],
+        [("get_cold", get), ("raw_read_cold", raw_read)],
+        [("get_hot", get), ("raw_read_hot", raw_read)],
+    ):
+        order.shuffle(group)
+        if group[0][0].endswith("cold"):
+            _evict(raw, _sharded(store.root, blob_id))
+        for key, action in group:
+            t = clock()
+            await action()
+            times[key].append(clock() - t)
+
+    await store.delete(blob_id)
     raw.unlink()
-    raw.with_suffix(".b").unlink()
+    raw_b.unlink()
 
 
 async def _measure(work: Path) -> list[Result]:
@@ -133,16 +154,19 @@ async def _measure(work: Path) -> list[Result]:
     store = BlobStore(work / "blobs", keyring)
     store.recover()
     raw_dir = work / "raw"
-    raw_dir.mkdir()
+    for shard in SHARDS:  # the store's layout, so directory costs match
+        (raw_dir / shard).mkdir(parents=True)
     results: list[Result] = []
+    order = random.Random(2024)
     for size, reps in CASES:
         data = os.urandom(size)
+        streamed = size >= 10 * MB
+        pieces = [data[i : i + PIECE] for i in range(0, size, PIECE)] if streamed else None
         times: dict[str, list[float]] = defaultdict(list)
-        for rep in range(reps):
-            await _one_round(store, raw_dir, data, rep, times)
+        for _rep in range(reps):
+            await _one_round(store, raw_dir, data, pieces, order, times)
         rate = {key: size / statistics.median(values) / MB for key, values in times.items()}
         label = f"{size // MB} MB"
-        streamed = size >= 10 * MB
         put = f"write {label}, put({'stream of 64 KiB' if streamed else 'bytes'})"
         get = f"read {label}, {'open_read' if streamed else 'read_all_verified'}"
         results += [

@@ -24,8 +24,9 @@ _TEAM_ADDRESS = re.compile(r"^[a-z0-9][a-z0-9.\-]{1,62}$")
 
 
 def new_id() -> str:
-    """A random identifier (128 bits), safe in URLs and unguessable."""
-    return secrets.token_urlsafe(16)
+    """A random identifier (128 bits, hex): unguessable, and safe in URLs, audit events,
+    TURN user names and mail local parts alike."""
+    return secrets.token_hex(16)
 
 
 def token_digest(token: str) -> str:

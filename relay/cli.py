@@ -98,6 +98,23 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="destroy the previous master keys once nothing uses them",
     )
+    audit = commands.add_parser("audit", help="the tamper-evident audit log").add_subparsers(
+        dest="audit_command", required=True
+    )
+    verify = audit.add_parser(
+        "verify", help="check every signature, checkpoint and the whole tree; name any damage"
+    )
+    verify.add_argument("--database", help="a copy of audit.db (default: the data dir's)")
+    verify.add_argument("--verifier-key", help="public verifier key file (default: the data dir's)")
+    verify.add_argument(
+        "--external-checkpoint", help="latest checkpoint held elsewhere (detects truncation)"
+    )
+    verify.add_argument("--witness-dir", help="witness directory holding the latest checkpoint")
+    export = audit.add_parser("export", help="export events as a FHIR Bundle or ATNA XML")
+    export.add_argument("--format", required=True, choices=["fhir", "atna"])
+    export.add_argument("--out", help="output file (default: standard output)")
+    export.add_argument("--since", help="ISO 8601 time (inclusive)")
+    export.add_argument("--until", help="ISO 8601 time (exclusive)")
     return parser
 
 
@@ -117,6 +134,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "team": commands.team_add,
         "cert": commands.cert_issue,
         "keys": commands.keys_rotate,
+        "audit": commands.audit,
     }
     data = _data_dir(args)
     try:

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import hashlib
 import secrets
+import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from relay.accounts import AccountStore, validate_email, validate_new_profession
 from relay.cli import _config, _read_secret_file
 from relay.config import Config
 from relay.datadir import DataDir, create_pki, generate_password, make_root, render_config
-from relay.errors import Conflict, NotFound, RelayError
+from relay.errors import ConfigError, Conflict, NotFound, RelayError
 from relay.passwords import Passwords
 from relay.roles import Role, TeamKind
 from storage.blobs import BlobStore
@@ -227,3 +228,51 @@ async def keys_rotate(args: argparse.Namespace, data: DataDir) -> int:
     else:
         print("  Les anciennes clés peuvent être détruites avec : relais keys rotate --destroy-old")
     return 0
+
+
+def _iso(value: str | None, name: str) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise ConfigError(f"--{name}: not an ISO 8601 time: {value!r}") from None
+    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
+
+
+async def audit(args: argparse.Namespace, data: DataDir) -> int:
+    from relay.audit.commands import export_command, verify_command
+
+    if args.audit_command == "verify":
+        ok, lines = await verify_command(
+            data.audit,
+            database=Path(args.database) if args.database else None,
+            verifier_key_file=Path(args.verifier_key) if args.verifier_key else None,
+            external_checkpoint=(
+                Path(args.external_checkpoint) if args.external_checkpoint else None
+            ),
+            witness_dir=Path(args.witness_dir) if args.witness_dir else _witness(data),
+        )
+        for line in lines:
+            print(line)
+        return 0 if ok else 1
+    since, until = _iso(args.since, "since"), _iso(args.until, "until")
+    if args.out:
+        # The export streams to a local file the operator named; a short blocking write
+        # in a one-shot CLI command is fine.
+        with Path(args.out).open("wb") as out:  # noqa: ASYNC230
+            count = await export_command(
+                data.audit, fmt=args.format, out=out, since=since, until=until
+            )
+        print(f"{count} événements exportés vers {args.out}", file=sys.stderr)
+    else:
+        count = await export_command(
+            data.audit, fmt=args.format, out=sys.stdout.buffer, since=since, until=until
+        )
+    return 0
+
+
+def _witness(data: DataDir) -> Path | None:
+    if not data.config.exists():
+        return None
+    return data.resolve(_config(data).audit.witness_dir)

@@ -73,6 +73,10 @@ class DataDir:
     def trust_anchors(self, config: Config) -> Path | None:
         return self._resolve(config.tls.trust_anchors_dir)
 
+    def resolve(self, value: str) -> Path | None:
+        """A configured path: empty means none, relative means inside the data dir."""
+        return self._resolve(value)
+
     def _resolve(self, value: str) -> Path | None:
         if not value:
             return None

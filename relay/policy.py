@@ -29,6 +29,10 @@ class Action(StrEnum):
     READ_OWN_AUDIT = "audit.read_own"
     SEARCH_AUDIT = "audit.search"
     READ_AUDIT_PROOFS = "audit.proofs"
+    SCHEDULE_CONSULTATION = "consultation.schedule"
+    VIEW_CONSULTATION = "consultation.view"
+    MANAGE_CONSULTATION = "consultation.manage"  # participants, join links
+    JOIN_CONSULTATION = "consultation.join"  # professionals, over the signaling socket
 
 
 class Relation(StrEnum):
@@ -41,6 +45,7 @@ EVERYONE = frozenset(Role)
 CLINICIANS = frozenset({Role.NURSE, Role.PHYSICIAN, Role.SPECIALIST, Role.COORDINATOR})
 ADMINS = frozenset({Role.ADMIN})
 NOBODY: frozenset[Role] = frozenset()
+CALL_PARTICIPANTS = frozenset({Role.NURSE, Role.PHYSICIAN, Role.SPECIALIST})
 
 _ANY_RELATION = (Relation.OWNER, Relation.TEAM, Relation.NONE)
 
@@ -65,6 +70,24 @@ POLICY: Mapping[Action, Mapping[Relation, frozenset[Role]]] = {
     Action.READ_OWN_AUDIT: _same_for_all(EVERYONE),
     Action.SEARCH_AUDIT: _same_for_all(ADMINS),
     Action.READ_AUDIT_PROOFS: _same_for_all(EVERYONE),
+    # Consultations: OWNER = organizer, TEAM = professional taking part. Coordinators
+    # schedule for others but do not take part in calls; admins see no clinical content.
+    Action.SCHEDULE_CONSULTATION: _same_for_all(CLINICIANS),
+    Action.VIEW_CONSULTATION: {
+        Relation.OWNER: CLINICIANS,
+        Relation.TEAM: CLINICIANS,
+        Relation.NONE: NOBODY,
+    },
+    Action.MANAGE_CONSULTATION: {
+        Relation.OWNER: CLINICIANS,
+        Relation.TEAM: CLINICIANS,
+        Relation.NONE: NOBODY,
+    },
+    Action.JOIN_CONSULTATION: {
+        Relation.OWNER: CALL_PARTICIPANTS,
+        Relation.TEAM: CALL_PARTICIPANTS,
+        Relation.NONE: NOBODY,
+    },
 }
 
 

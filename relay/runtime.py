@@ -17,6 +17,7 @@ from cryptography import x509
 from certs.ca import CertifiedKey
 from certs.trust import load_trust_anchors
 from relay.accounts import AccountStore
+from relay.audit.log import AuditLog, AuditLogSettings
 from relay.config import Config
 from relay.datadir import DataDir
 from relay.http.metrics import Metrics
@@ -46,6 +47,7 @@ class Runtime:
     bus: EventBus
     ca: CertifiedKey
     trust_anchors: list[x509.Certificate]
+    audit: AuditLog
     metrics: Metrics
     account_failures: FailureLimiter
     address_failures: FailureLimiter
@@ -66,6 +68,7 @@ class Runtime:
         blobs = BlobStore(data.blobs, keyring, chunk_size=config.storage.blob_chunk_kib * 1024)
         await asyncio.to_thread(blobs.recover)
         bus = await open_bus(config)
+        audit = await open_audit(data, config)
         acc = config.accounts
         window = acc.login_window_minutes * 60
         return cls(
@@ -84,6 +87,7 @@ class Runtime:
             bus=bus,
             ca=ca,
             trust_anchors=anchors,
+            audit=audit,
             metrics=Metrics(config.server.node_name),
             account_failures=FailureLimiter(window, acc.login_max_failures_per_account),
             address_failures=FailureLimiter(window, acc.login_max_failures_per_address),
@@ -96,8 +100,23 @@ class Runtime:
         return f"https://localhost:{self.config.http.port}"
 
     async def close(self) -> None:
+        await self.audit.close()
         await self.bus.close()
         await self.db.close()
+
+
+async def open_audit(data: DataDir, config: Config) -> AuditLog:
+    """The audit log, in its own database under the data dir (CNIL: traces stored apart)."""
+    audit = config.audit
+    settings = AuditLogSettings(
+        origin=f"{config.server.domain}/audit",
+        checkpoint_every_events=audit.checkpoint_every_events,
+        checkpoint_every_seconds=audit.checkpoint_every_seconds,
+        witness_dir=data.resolve(audit.witness_dir),
+        retention_access_days=audit.retention_access_days,
+        retention_security_days=audit.retention_security_days,
+    )
+    return await AuditLog.open(data.audit, settings, node=config.server.node_name, clock=utcnow)
 
 
 async def open_bus(config: Config) -> EventBus:

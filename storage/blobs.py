@@ -85,12 +85,11 @@ SHARDS = tuple(a + b for a in _B32_ALPHABET for b in _B32_ALPHABET)
 # bytes_per_sync do) so the disk works while we encrypt and the final fsync has little left.
 WRITEBACK_BYTES = 1 << 20
 _SYNC_FILE_RANGE_WRITE = 2  # <linux/fs.h>
-PARALLEL_HASH = True
-READ_AHEAD = 2  # chunks an open_read reader decrypts ahead of the caller
+READ_AHEAD_BYTES = 8 << 20  # at most this much plaintext decrypted ahead per open_read reader
 _STREAM_BUFFER_CHUNKS = 4  # plaintext a streaming put holds while the previous block is written
 
 _T = TypeVar("_T")
-Buffer = bytes | bytearray | memoryview
+BytesLike = bytes | bytearray | memoryview
 _Runner = Callable[..., "asyncio.Future[Any]"]
 
 
@@ -184,7 +183,7 @@ def _wrap_context(blob_id: str) -> bytes:
 
 def _load_sync_file_range() -> Callable[[int, int, int, int], int] | None:
     try:
-        fn = ctypes.CDLL(None, use_errno=True).sync_file_range
+        fn = ctypes.CDLL(None).sync_file_range
     except (AttributeError, OSError):
         return None  # not Linux/glibc: the final fsync does all the work
     fn.argtypes = (ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
@@ -204,11 +203,8 @@ def _start_writeback(fd: int, offset: int, length: int) -> None:
         _sync_file_range(fd, offset, length, _SYNC_FILE_RANGE_WRITE)
 
 
-def _pread_exact(fd: int, length: int, offset: int) -> bytes:
-    data = os.pread(fd, length, offset)
-    if len(data) != length:
-        raise BlobIntegrityError("blob file is shorter than its layout requires")
-    return data
+def _read_header(fd: int) -> BlobHeader:
+    return BlobHeader.parse(os.pread(fd, HEADER_SIZE, 0))
 
 
 def _unwrap(keyring: Keyring, blob_id: str, header: BlobHeader) -> tuple[KeySlot, bytes]:
@@ -226,7 +222,10 @@ def _unwrap(keyring: Keyring, blob_id: str, header: BlobHeader) -> tuple[KeySlot
 
 
 class _OpenBlob:
-    """A blob file opened for reading, its data key unwrapped. Used from worker threads."""
+    """A blob file opened for reading, its data key unwrapped.
+
+    Used from worker threads, one call at a time (the reads share one buffer).
+    """
 
     def __init__(self, path: Path, blob_id: str, keyring: Keyring) -> None:
         self._fd = -1
@@ -236,7 +235,7 @@ class _OpenBlob:
             raise BlobNotFound(f"blob {blob_id} does not exist") from None
         try:
             file_size = os.fstat(self._fd).st_size
-            header = BlobHeader.parse(os.pread(self._fd, HEADER_SIZE, 0))
+            header = _read_header(self._fd)
             self.slot, data_key = _unwrap(keyring, blob_id, header)
             self.chunk_count, self._last_len = _geometry(file_size - HEADER_SIZE, header.chunk_size)
         except BaseException:
@@ -246,13 +245,18 @@ class _OpenBlob:
         self.header = header
         self.size = file_size - HEADER_SIZE - self.chunk_count * TAG_BYTES
         self._aead = AESGCM(data_key)
+        # Ciphertext is read into this reused buffer: one fresh allocation per chunk (the
+        # plaintext), as for reading a plain file, not two.
+        self._sealed = bytearray(min(header.chunk_size + TAG_BYTES, file_size - HEADER_SIZE))
 
     def read_chunk(self, index: int) -> bytes:
         """Plaintext of chunk ``index``, only once its tag has verified."""
         cs = self.header.chunk_size
         final = index == self.chunk_count - 1
         length = self._last_len if final else cs + TAG_BYTES
-        sealed = _pread_exact(self._fd, length, HEADER_SIZE + index * (cs + TAG_BYTES))
+        sealed = memoryview(self._sealed)[:length]
+        if os.preadv(self._fd, [sealed], HEADER_SIZE + index * (cs + TAG_BYTES)) != length:
+            raise BlobIntegrityError("blob file is shorter than its layout requires")
         try:
             return self._aead.decrypt(
                 _nonce(self.header.nonce_prefix, index),
@@ -264,8 +268,9 @@ class _OpenBlob:
                 f"blob {self.blob_id} chunk {index} failed authentication"
             ) from None
 
-    def read_all(self) -> bytes:
-        return b"".join(self.read_chunk(i) for i in range(self.chunk_count))
+    def read_chunks(self, start: int, count: int) -> list[bytes]:
+        """Plaintexts of chunks ``start`` .. ``start + count - 1`` (fewer at the end)."""
+        return [self.read_chunk(i) for i in range(start, min(start + count, self.chunk_count))]
 
     def close(self) -> None:
         if self._fd >= 0:
@@ -317,13 +322,13 @@ class _BlobWriter:
         self._final = self._shard / self.blob_id
 
     def write(
-        self, parts: Sequence[Buffer], *, final: bool, hasher: hashlib._Hash | None = None
+        self, parts: Sequence[BytesLike], *, final: bool, hasher: hashlib._Hash | None = None
     ) -> None:
         """Append ``parts`` as whole chunks; with ``final``, seal the last chunk and commit.
 
         Without ``final`` the length must be a multiple of the chunk size (the caller keeps the
         remainder back: only the end of the stream tells which chunk is the last). ``hasher``,
-        if given, is fed ``parts`` while the disk writes them.
+        if given, is fed ``parts`` while the disk writes them, before the commit.
         """
         with self._lock:
             if self._state == "new":
@@ -344,8 +349,7 @@ class _BlobWriter:
             if final:
                 self._write_chunk(view[offset:], final=True)
             if hasher is not None:
-                # Start write-back first: the disk works while this thread hashes, so hashing
-                # adds little to the fsync that follows.
+                # Write-back first: the disk works while this thread hashes.
                 self._start_writeback()
                 _hash_parts(hasher, parts)
             if final:
@@ -386,7 +390,7 @@ class _BlobWriter:
         self._index += 1
         self.size += len(piece)
 
-    def _append(self, data: Buffer) -> None:
+    def _append(self, data: BytesLike) -> None:
         view = memoryview(data)
         self._written += view.nbytes
         while view:
@@ -429,7 +433,7 @@ async def _blocks(view: memoryview, chunk_size: int) -> AsyncIterator[memoryview
         yield view[start : start + step]
 
 
-def _hash_parts(hasher: hashlib._Hash, parts: Sequence[Buffer]) -> None:
+def _hash_parts(hasher: hashlib._Hash, parts: Sequence[BytesLike]) -> None:
     for part in parts:
         hasher.update(part)
 
@@ -444,16 +448,19 @@ class BlobReader:
     """Async iterator over the authenticated plaintext chunks of one blob.
 
     Use it as ``async with await store.open_read(blob_id) as reader: async for chunk in
-    reader``. ``READ_AHEAD`` chunks are read and decrypted ahead, in worker threads, while the
-    caller sends the previous one; a chunk is yielded only once its tag verified. ``size``
-    (plaintext bytes) is known before the first chunk, for ``Content-Length``.
+    reader``. A worker thread reads and decrypts the next batch of chunks while the caller
+    sends the previous one; a chunk is yielded only once its tag verified. ``size`` (plaintext
+    bytes) is known before the first chunk, for ``Content-Length``.
     """
 
     def __init__(self, blob: _OpenBlob, run: _Runner) -> None:
         self._blob = blob
         self._run = run
-        self._scheduled = 0  # index of the next chunk to hand to a worker
-        self._pending: deque[asyncio.Future[bytes]] = deque()
+        self._batch = 1  # chunks per worker job, grown while the caller outpaces us
+        self._max_batch = max(1, READ_AHEAD_BYTES // blob.header.chunk_size)
+        self._next = 0  # index of the first chunk of the next batch to decrypt
+        self._pending: asyncio.Future[list[bytes]] | None = None
+        self._ready: deque[bytes] = deque()
         self.blob_id = blob.blob_id
         self.size = blob.size
 
@@ -461,31 +468,43 @@ class BlobReader:
         return self
 
     async def __anext__(self) -> bytes:
-        # pread is positional and each chunk has its own nonce: chunks decrypt independently.
-        while len(self._pending) < READ_AHEAD and self._scheduled < self._blob.chunk_count:
-            self._pending.append(self._run(self._blob.read_chunk, self._scheduled))
-            self._scheduled += 1
-        if not self._pending:
-            await self.aclose()
-            raise StopAsyncIteration
-        try:
-            # shield: a cancelled caller must not orphan a job reading our fd; aclose() waits.
-            chunk = await asyncio.shield(self._pending[0])
-        except BaseException:
-            await self.aclose()
-            raise
-        self._pending.popleft()
-        return chunk
+        if not self._ready:
+            if self._pending is None:
+                self._decrypt_next_batch()
+            if self._pending is None:
+                await self.aclose()
+                raise StopAsyncIteration
+            if not self._pending.done():
+                # The caller waits for us: bigger batches, fewer thread hops. A slow client
+                # never waits, so its reader holds only a chunk or two in memory.
+                self._batch = min(2 * self._batch, self._max_batch)
+            try:
+                # shield: a cancelled caller must not orphan a job reading our fd; aclose()
+                # waits for it.
+                batch = await asyncio.shield(self._pending)
+            except BaseException:
+                await self.aclose()
+                raise
+            self._pending = None
+            self._ready.extend(batch)
+            self._decrypt_next_batch()  # while the caller sends this one
+        return self._ready.popleft()
+
+    def _decrypt_next_batch(self) -> None:
+        # One batch per thread hop and one job at a time: the kernel sees sequential reads and
+        # keeps its read-ahead going, and few hops cost little.
+        if self._next < self._blob.chunk_count:
+            self._pending = self._run(self._blob.read_chunks, self._next, self._batch)
+            self._next += self._batch
 
     async def aclose(self) -> None:
-        """Release the file; waits for read-aheads still running in their threads."""
-        pending = list(self._pending)
-        self._pending.clear()
-        self._scheduled = self._blob.chunk_count
-        if pending:
-            await asyncio.wait(pending)
-            for fut in pending:
-                _settle(fut)
+        """Release the file; waits for a read-ahead still running in its thread."""
+        pending, self._pending = self._pending, None
+        self._next = self._blob.chunk_count
+        self._ready.clear()
+        if pending is not None:
+            await asyncio.wait([pending])
+            _settle(pending)
         self._blob.close()
 
     async def __aenter__(self) -> Self:
@@ -527,7 +546,7 @@ class BlobStore:
     # -- writing ------------------------------------------------------------------------------
 
     async def put(
-        self, data: Buffer | AsyncIterable[Buffer], *, max_bytes: int | None = None
+        self, data: BytesLike | AsyncIterable[BytesLike], *, max_bytes: int | None = None
     ) -> BlobInfo:
         """Encrypt and durably store ``data`` (bytes, or an async iterable of byte pieces).
 
@@ -557,7 +576,7 @@ class BlobStore:
         self,
         writer: _BlobWriter,
         hasher: hashlib._Hash,
-        pieces: AsyncIterable[Buffer],
+        pieces: AsyncIterable[BytesLike],
         max_bytes: int | None,
     ) -> None:
         cs = self.chunk_size
@@ -606,12 +625,13 @@ class BlobStore:
             raise
 
     async def _write_block(
-        self, writer: _BlobWriter, hasher: hashlib._Hash, parts: Sequence[Buffer], *, final: bool
+        self, writer: _BlobWriter, hasher: hashlib._Hash, parts: Sequence[BytesLike], *, final: bool
     ) -> None:
-        if final or not PARALLEL_HASH:
-            # One thread hop: encrypt, write, start write-back, hash while the disk works, and
-            # (final) fsync and rename.
-            await self._run(functools.partial(writer.write, parts, final=final, hasher=hasher))
+        if final:
+            # One thread hop: encrypt, write, start write-back, hash while the disk writes,
+            # fsync, rename. Measured faster than a parallel hashing job for a final block,
+            # which is small (at most _STREAM_BUFFER_CHUNKS chunks).
+            await self._run(functools.partial(writer.write, parts, final=True, hasher=hasher))
             return
         # Whole chunks of a longer stream: SHA-256 (~1.4 GB/s with SHA-NI, AES-GCM does ~6 GB/s)
         # runs in a second thread, in parallel with encryption and writing; both release the GIL.
@@ -681,28 +701,44 @@ class BlobStore:
         return count
 
     def key_ids_in_use(self) -> set[str]:
-        """Master key ids that wrap the data key some blob reads with; blocking I/O.
+        """Master key ids that some stored or in-flight blob needs; blocking I/O.
 
-        Implements :class:`storage.keys.KeyUser` for :meth:`Keyring.destroy`. A blob whose
-        slots all fail to unwrap counts for every key id it names: it is never a reason to
-        allow a destruction.
+        Implements :class:`storage.keys.KeyUser` for :meth:`Keyring.destroy`, so it errs on
+        the side of "in use": a blob counts for the slot it reads with, or for every key id it
+        names when no slot unwraps; a write in flight (temp file) counts for the key that
+        wrapped it, or for every key of the keyring while its header is not written yet.
         """
         in_use: set[str] = set()
-        for blob_id in self.iter_blob_ids():
+        for shard in SHARDS:
             try:
-                fd = os.open(self._path(blob_id), os.O_RDONLY | os.O_CLOEXEC)
+                paths = list((self.root / shard).iterdir())
             except FileNotFoundError:
                 continue
-            try:
-                header = BlobHeader.parse(os.pread(fd, HEADER_SIZE, 0))
-            except BlobIntegrityError:
-                continue
-            finally:
-                os.close(fd)
-            try:
-                in_use.add(_unwrap(self.keyring, blob_id, header)[0].key_id)
-            except (MasterKeyError, BlobIntegrityError):
-                in_use.update(s.key_id for s in header.slots if s)
+            for path in paths:
+                in_flight = path.name.startswith(_TMP_PREFIX)
+                blob_id = path.name.removeprefix(_TMP_PREFIX)
+                if not is_valid_blob_id(blob_id):
+                    continue
+                fd = -1
+                # A temp file may have been renamed into place since the listing.
+                for candidate in (path, path.with_name(blob_id)):
+                    with contextlib.suppress(FileNotFoundError):
+                        fd = os.open(candidate, os.O_RDONLY | os.O_CLOEXEC)
+                        break
+                if fd < 0:
+                    continue  # deleted
+                try:
+                    header = _read_header(fd)
+                except BlobIntegrityError:
+                    if in_flight:
+                        in_use |= self.keyring.key_ids()
+                    continue
+                finally:
+                    os.close(fd)
+                try:
+                    in_use.add(_unwrap(self.keyring, blob_id, header)[0].key_id)
+                except (MasterKeyError, BlobIntegrityError):
+                    in_use.update(s.key_id for s in header.slots if s)
         return in_use
 
     # -- start-up -----------------------------------------------------------------------------
@@ -716,13 +752,12 @@ class BlobStore:
         path never has to.
         """
         self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
-        created = False
         for shard in SHARDS:
             with contextlib.suppress(FileExistsError):
                 (self.root / shard).mkdir(mode=0o700)
-                created = True
-        if created:
-            fsync_dir(self.root)
+        # Unconditionally: a shard made by a process that died before its fsync may exist
+        # only in the page cache.
+        fsync_dir(self.root)
         self._durable_shards.update(SHARDS)
         deadline = time.time() - older_than
         removed = 0
@@ -770,7 +805,7 @@ class BlobStore:
         try:
             if blob.size > max_bytes:
                 raise BlobTooLarge(f"blob {blob_id} exceeds the {max_bytes}-byte limit")
-            return blob.read_all()
+            return b"".join(blob.read_chunks(0, blob.chunk_count))
         finally:
             blob.close()
 
@@ -804,7 +839,7 @@ class BlobStore:
         try:
             # Serialise re-wraps of one blob across threads and nodes; readers need no lock.
             fcntl.flock(fd, fcntl.LOCK_EX)
-            header = BlobHeader.parse(_pread_exact(fd, HEADER_SIZE, 0))
+            header = _read_header(fd)
             slot, data_key = _unwrap(self.keyring, blob_id, header)
             wrapped = self.keyring.wrap(data_key, context=_wrap_context(blob_id))
             if wrapped.key_id == slot.key_id:

@@ -186,6 +186,8 @@ class Keyring:
         Unlinking does not scrub the bytes from the disk (journalling file systems and SSDs keep
         copies); it removes the key from every future read of the keyring.
         """
+        if not is_valid_key_id(key_id):
+            raise MasterKeyError(f"master key id {key_id!r} is malformed")
         path = _key_path(self.directory, key_id)
         if key_id == self._current()[0]:
             raise MasterKeyInUse(f"master key {key_id} is the current key; rotate first")

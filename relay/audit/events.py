@@ -199,6 +199,7 @@ class AuditAction(StrEnum):
     CONSULTATION_RECORDING_START = "consultation_recording_start"
     CONSULTATION_RECORDING_STOP = "consultation_recording_stop"
     ACCOUNT_CREATED = "account_created"
+    CREDENTIALS_CHANGED = "credentials_changed"  # password, second factor, certificate
     ROLE_CHANGED = "role_changed"
     TEAM_CHANGED = "team_changed"
     KEY_ROTATED = "key_rotated"
@@ -252,6 +253,9 @@ ACTIONS: Final[Mapping[AuditAction, ActionSpec]] = MappingProxyType(
         AuditAction.CONSULTATION_RECORDING_START: ActionSpec(PATIENT_RECORD, None, _C),
         AuditAction.CONSULTATION_RECORDING_STOP: ActionSpec(PATIENT_RECORD, None, _U),
         AuditAction.ACCOUNT_CREATED: ActionSpec(
+            SECURITY_ALERT, USER_SECURITY_ATTRIBUTES_CHANGED, _E
+        ),
+        AuditAction.CREDENTIALS_CHANGED: ActionSpec(
             SECURITY_ALERT, USER_SECURITY_ATTRIBUTES_CHANGED, _E
         ),
         AuditAction.ROLE_CHANGED: ActionSpec(SECURITY_ALERT, SECURITY_ROLES_CHANGED, _E),
@@ -354,7 +358,7 @@ MAX_DETAILS = 16
 MAX_ENTITIES = 16
 
 # Identifiers: opaque ids, never prose (no spaces).
-_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@+\-]{0,127}")
+_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@+\-_]{0,127}")
 _HOST_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._\-]{0,252}")
 _ROLE_RE = re.compile(r"[a-z][a-z_]{0,31}")
 _RPPS_RE = re.compile(r"[0-9]{11}")

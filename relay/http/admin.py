@@ -7,7 +7,9 @@ from typing import Any
 from aiohttp import web
 
 from relay.accounts import validate_new_professional
+from relay.audit.events import AuditAction, EntityRef, ResourceKind
 from relay.errors import BadRequest, NotFound
+from relay.http import trail
 from relay.http.context import caller, runtime
 from relay.http.jsonio import field_str, json_response, read_json_object
 from relay.http.route import Route
@@ -31,6 +33,12 @@ async def create_professional(request: web.Request) -> web.StreamResponse:
     password = field_str(body, "password", max_length=1024) or ""
     rt.passwords.check_strength(password)
     pro = await rt.accounts.create_professional(new, await rt.passwords.hash(password), rt.clock())
+    await trail.record(
+        request,
+        AuditAction.ACCOUNT_CREATED,
+        entities=(EntityRef(ResourceKind.ACCOUNT, pro.id),),
+        detail=(("new_role", pro.role.value),),
+    )
     return json_response(professional_json(pro), status=201)
 
 
@@ -54,6 +62,12 @@ async def create_team(request: web.Request) -> web.StreamResponse:
         kind=kind,
         specialty=field_str(body, "specialty", required=False, max_length=120),
         now=rt.clock(),
+    )
+    await trail.record(
+        request,
+        AuditAction.TEAM_CHANGED,
+        entities=(EntityRef(ResourceKind.TEAM, team.id),),
+        detail=(("reason", "team_created"),),
     )
     return json_response(
         _team_json(
@@ -91,6 +105,15 @@ async def add_member(request: web.Request) -> web.StreamResponse:
     member = await rt.accounts.by_id(field_str(body, "professional_id", max_length=64) or "")
     if member is None:
         raise NotFound("Professionnel introuvable.")
+    await trail.record(
+        request,
+        AuditAction.TEAM_CHANGED,
+        entities=(
+            EntityRef(ResourceKind.TEAM, team.id),
+            EntityRef(ResourceKind.ACCOUNT, member.id),
+        ),
+        detail=(("reason", "member_added"),),
+    )
     await rt.accounts.add_member(team.id, member.id, rt.clock())
     return web.Response(status=204)
 

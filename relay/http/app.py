@@ -10,9 +10,23 @@ from importlib.metadata import PackageNotFoundError, version
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from relay.errors import NotFound, PayloadTooLarge, RelayError, Unauthenticated
-from relay.http import admin, directory, files, health, pages, session
-from relay.http.context import RUNTIME, SESSION_COOKIE, Caller, runtime, session_token
+from relay.audit.errors import AuditError
+from relay.audit.events import AuditAction, EntityRef, Outcome
+from relay.errors import Forbidden, NotFound, PayloadTooLarge, RelayError, Unauthenticated
+from relay.http import (
+    admin,
+    audit,
+    consultation_page,
+    consultations,
+    directory,
+    files,
+    health,
+    pages,
+    session,
+    signaling_ws,
+    trail,
+)
+from relay.http.context import CALLER, RUNTIME, SESSION_COOKIE, Caller, runtime, session_token
 from relay.http.jsonio import error_response, json_response
 from relay.http.openapi import build_document
 from relay.http.route import Route
@@ -39,7 +53,11 @@ def all_routes() -> list[Route]:
         *directory.ROUTES,
         *files.ROUTES,
         *admin.ROUTES,
+        *audit.ROUTES,
         *pages.ROUTES,
+        *consultations.ROUTES,
+        *consultation_page.ROUTES,
+        *signaling_ws.ROUTES,
     ]
     routes.append(
         Route(
@@ -68,8 +86,20 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     """Every failure becomes ``{"error": {...}}`` with its status; never a stack trace."""
     try:
         return await handler(request)
+    except Forbidden as exc:
+        try:
+            await _trace_denial(request)
+        except RelayError as audit_error:
+            return error_response(audit_error)
+        return error_response(exc)
     except RelayError as exc:
         return error_response(exc)
+    except AuditError as exc:
+        # Proof requests out of range and the like; AuditUnavailable never reaches here
+        # (trail.record turns it into a 503 with a French message).
+        error = RelayError(str(exc))
+        error.http_status, error.code = exc.http_status, exc.code
+        return error_response(error)
     except StorageError as exc:
         log.error("storage failure on %s: %s", _route_template(request), type(exc).__name__)
         error = RelayError("Le service de stockage est momentanément indisponible.")
@@ -90,6 +120,23 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         return error_response(RelayError("Erreur interne du relais. L'incident est journalisé."))
 
 
+async def _trace_denial(request: web.Request) -> None:
+    """Every authorization refusal is an audit event (110113/110132, outcome 4)."""
+    if not isinstance(request.get(CALLER), Caller):
+        return
+    entities: tuple[EntityRef, ...] = ()
+    resource_id = request.match_info.get("id")
+    route = request.app[ROUTE_TABLE].get((request.method, _route_template(request)))
+    if resource_id and route is not None and route.resource is not None:
+        entities = (EntityRef(route.resource, resource_id),)
+    detail: tuple[tuple[str, str], ...] = (("http_status", "403"),)
+    if route is not None:
+        detail += (("reason", route.action.value),)
+    await trail.record(
+        request, AuditAction.ACCESS_DENIED, Outcome.MINOR_FAILURE, entities=entities, detail=detail
+    )
+
+
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Resolve the session and apply the route's policy action before the handler runs."""
@@ -106,7 +153,7 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
         raise Unauthenticated(
             "Session absente ou expirée. Veuillez vous reconnecter.", code="session_expired"
         )
-    request["caller"] = Caller(found.professional, token, found.method)
+    request[CALLER] = Caller(found.professional, token, found.method)
     # First gate: refuse roles that may never perform the action. Handlers then call
     # authorize() again with the caller's real relation to the resource.
     if not may_ever(found.professional.role, route.action):

@@ -23,12 +23,15 @@ class Caller:
     method: str
 
 
+CALLER = web.RequestKey("caller", Caller)
+
+
 def runtime(request: web.Request) -> Runtime:
     return request.app[RUNTIME]
 
 
 def caller(request: web.Request) -> Caller:
-    found = request.get("caller")
+    found = request.get(CALLER)
     if not isinstance(found, Caller):
         raise Unauthenticated("Veuillez vous connecter.")
     return found

@@ -14,7 +14,9 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from relay.accounts import new_id
+from relay.audit.events import AuditAction, EntityRef, ResourceKind
 from relay.errors import BadRequest, NotFound, PayloadTooLarge
+from relay.http import trail
 from relay.http.context import caller, runtime
 from relay.http.jsonio import json_response
 from relay.http.route import Route
@@ -68,6 +70,12 @@ async def upload(request: web.Request) -> web.StreamResponse:
         )
 
     try:
+        await trail.record(
+            request,
+            AuditAction.IMPORT,
+            entities=(EntityRef(ResourceKind.ATTACHMENT, file_id),),
+            detail=(("size", str(info.size)), ("sha256", info.sha256)),
+        )
         await rt.db.transaction(insert)
     except BaseException:
         await rt.blobs.delete(info.blob_id)
@@ -92,8 +100,20 @@ async def download(request: web.Request) -> web.StreamResponse:
         "Content-Disposition": "attachment",
         "X-Content-SHA256": row["sha256"],
     }
+    data = None
     if row["size"] < VERIFY_WHOLE_BELOW:
+        # Authenticated before it is traced, traced before it is released.
         data = await rt.blobs.read_all_verified(row["blob_id"], max_bytes=VERIFY_WHOLE_BELOW)
+    receipt = await trail.record(
+        request,
+        AuditAction.ATTACHMENT_DOWNLOADED,
+        entities=(EntityRef(ResourceKind.ATTACHMENT, row["id"]),),
+        detail=(("size", str(row["size"])), ("sha256", row["sha256"])),
+        receipt=True,
+    )
+    assert receipt is not None
+    headers[trail.RECEIPT_HEADER] = receipt.to_header()
+    if data is not None:
         return web.Response(body=data, headers=headers)
     response = web.StreamResponse(headers=headers)
     response.content_length = row["size"]
@@ -147,5 +167,6 @@ ROUTES = [
         response_schema={"type": "string", "format": "binary"},
         errors=(401, 403, 404, 503),
         parameters=_ID,
+        resource=ResourceKind.ATTACHMENT,
     ),
 ]

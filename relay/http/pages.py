@@ -38,8 +38,23 @@ async def home_page(request: web.Request) -> web.StreamResponse:
     return _page("home.html")
 
 
+async def journal_page(request: web.Request) -> web.StreamResponse:
+    if not await _signed_in(request):
+        raise web.HTTPSeeOther("/")
+    return _page("journal.html")
+
+
 ROUTES = [
     Route("GET", "/", login_page, Action.PUBLIC, "Login page", "web", in_api_document=False),
     Route("GET", "/accueil", home_page, Action.PUBLIC, "Home page", "web", in_api_document=False),
+    Route(
+        "GET",
+        "/journal",
+        journal_page,
+        Action.PUBLIC,
+        "Audit trail page",
+        "web",
+        in_api_document=False,
+    ),
 ]
 STATIC_DIR = WEB / "static"

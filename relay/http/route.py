@@ -12,6 +12,7 @@ from typing import Any
 
 from aiohttp import web
 
+from relay.audit.events import ResourceKind
 from relay.policy import Action
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -34,3 +35,4 @@ class Route:
     errors: tuple[int, ...] = ()
     parameters: tuple[Schema, ...] = field(default_factory=tuple)
     in_api_document: bool = True
+    resource: ResourceKind | None = None  # what `{id}` names, for audit events

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 import ssl
 from datetime import timedelta
 from typing import Any
@@ -13,7 +14,9 @@ from certs.errors import CertificateNotTrusted
 from certs.trust import verify_client_certificate
 from relay import totp
 from relay.accounts import Professional
+from relay.audit.events import Actor, ActorKind, AuditAction, EntityRef, Outcome, ResourceKind
 from relay.errors import BadRequest, TooManyRequests, Unauthenticated
+from relay.http import trail
 from relay.http.context import SESSION_COOKIE, caller, client_address, runtime, session_token
 from relay.http.jsonio import field_str, json_response, read_json_object
 from relay.http.route import Route
@@ -35,12 +38,40 @@ def professional_json(pro: Professional) -> dict[str, Any]:
     }
 
 
-def _check_limits(rt: Runtime, email: str, address: str, now: float) -> None:
+async def _login_failed(
+    request: web.Request, pro: Professional | None, attempted: str, method: str, reason: str
+) -> None:
+    """Trace a failed login: the account when it exists, else a keyed hash of the name tried.
+
+    The attempted name is not stored in clear: people often type a password there.
+    """
+    rt = runtime(request)
+    entities: tuple[EntityRef, ...] = ()
+    if pro is not None:
+        actor = trail.actor_of(pro)
+    else:
+        actor = Actor(ActorKind.PROFESSIONAL, "unknown-account")
+        digest = rt.audit.search_reference({"login": attempted})
+        entities = (EntityRef(ResourceKind.ACCOUNT, f"attempt-{digest}"),)
+    await trail.record(
+        request,
+        AuditAction.LOGIN_FAILED,
+        Outcome.MINOR_FAILURE,
+        actor=actor,
+        entities=entities,
+        detail=(("method", method), ("reason", reason)),
+    )
+
+
+async def _check_limits(
+    request: web.Request, rt: Runtime, email: str, address: str, now: float, method: str
+) -> None:
     wait = max(
         rt.account_failures.retry_after(f"account:{email}", now),
         rt.address_failures.retry_after(f"address:{address}", now),
     )
     if wait:
+        await _login_failed(request, None, email, method, "rate_limited")
         raise TooManyRequests(
             f"Trop de tentatives de connexion. Réessayez dans {wait} secondes.", retry_after=wait
         )
@@ -54,9 +85,13 @@ def _record_failure(rt: Runtime, email: str, address: str, now: float) -> None:
 async def _open_session(
     request: web.Request, rt: Runtime, pro: Professional, method: str
 ) -> web.Response:
-    import secrets
-
     now = rt.clock()
+    await trail.record(
+        request,
+        AuditAction.LOGIN_SUCCEEDED,
+        actor=trail.actor_of(pro),
+        detail=(("method", method),),
+    )
     token = secrets.token_urlsafe(32)
     expires_at = now + timedelta(hours=rt.config.accounts.session_hours)
     await rt.accounts.create_session(token, pro.id, method, now, expires_at)
@@ -90,12 +125,15 @@ async def login(request: web.Request) -> web.StreamResponse:
     code = field_str(body, "totp", required=False, max_length=16)
     address = client_address(request)
     now_ts = rt.clock().timestamp()
-    _check_limits(rt, email, address, now_ts)
+    await _check_limits(request, rt, email, address, now_ts, "password")
     creds = await rt.accounts.credentials(email)
     ok = await rt.passwords.verify(creds.password_hash if creds else None, password)
     if creds is None or not ok:
         _record_failure(rt, email, address, now_ts)
         rt.metrics.logins.labels(method="password", outcome="failure").inc()
+        await _login_failed(
+            request, creds.professional if creds else None, email, "password", "bad_password"
+        )
         raise Unauthenticated(INVALID_CREDENTIALS, code="invalid_credentials")
     method = "password"
     if creds.professional.totp_enabled:
@@ -107,6 +145,7 @@ async def login(request: web.Request) -> web.StreamResponse:
         if creds.totp_secret is None or totp.verify(creds.totp_secret, code, now_ts) < 0:
             _record_failure(rt, email, address, now_ts)
             rt.metrics.logins.labels(method="totp", outcome="failure").inc()
+            await _login_failed(request, creds.professional, email, "totp", "bad_code")
             raise Unauthenticated("Code de vérification incorrect.", code="invalid_totp")
         method = "totp"
     rt.account_failures.reset(f"account:{email}")
@@ -127,7 +166,7 @@ async def login_with_certificate(request: web.Request) -> web.StreamResponse:
     rt = runtime(request)
     address = client_address(request)
     now = rt.clock()
-    _check_limits(rt, "certificate", address, now.timestamp())
+    await _check_limits(request, rt, "certificate", address, now.timestamp(), "client_certificate")
     certificate = _peer_certificate(request)
     if certificate is None:
         raise Unauthenticated(
@@ -140,6 +179,7 @@ async def login_with_certificate(request: web.Request) -> web.StreamResponse:
     except CertificateNotTrusted:
         _record_failure(rt, "certificate", address, now.timestamp())
         rt.metrics.logins.labels(method="client_certificate", outcome="failure").inc()
+        await _login_failed(request, None, "certificate", "client_certificate", "not_trusted")
         raise Unauthenticated(
             "Ce certificat n'est pas reconnu par le relais.", code="certificate_not_trusted"
         ) from None
@@ -147,6 +187,7 @@ async def login_with_certificate(request: web.Request) -> web.StreamResponse:
     if pro is None:
         _record_failure(rt, "certificate", address, now.timestamp())
         rt.metrics.logins.labels(method="client_certificate", outcome="failure").inc()
+        await _login_failed(request, None, "certificate", "client_certificate", "not_registered")
         raise Unauthenticated(
             "Ce certificat a été révoqué ou n'est associé à aucun compte actif.",
             code="certificate_not_trusted",
@@ -158,6 +199,12 @@ async def logout(request: web.Request) -> web.StreamResponse:
     rt = runtime(request)
     token = session_token(request)
     if token:
+        idle = rt.config.accounts.session_idle_minutes * 60
+        found = await rt.accounts.session(token, rt.clock(), idle)
+        if found is not None:
+            await trail.record(
+                request, AuditAction.LOGOUT, actor=trail.actor_of(found.professional)
+            )
         await rt.accounts.delete_session(token)
     response = web.Response(status=204)
     response.del_cookie(SESSION_COOKIE, path="/")
@@ -192,8 +239,19 @@ async def change_password(request: web.Request) -> web.StreamResponse:
     if creds is None or not await rt.passwords.verify(creds.password_hash, current):
         raise BadRequest("Le mot de passe actuel est incorrect.", code="invalid_credentials")
     rt.passwords.check_strength(new)
+    await _credentials_changed(request, "password")
     await rt.accounts.set_password(who.professional.id, await rt.passwords.hash(new))
     return web.Response(status=204)
+
+
+async def _credentials_changed(request: web.Request, what: str) -> None:
+    who = caller(request)
+    await trail.record(
+        request,
+        AuditAction.CREDENTIALS_CHANGED,
+        entities=(EntityRef(ResourceKind.ACCOUNT, who.professional.id),),
+        detail=(("setting", what),),
+    )
 
 
 async def totp_setup(request: web.Request) -> web.StreamResponse:
@@ -216,6 +274,7 @@ async def totp_confirm(request: web.Request) -> web.StreamResponse:
     secret = await rt.accounts.totp_secret(who.professional.id)
     if secret is None or totp.verify(secret, code, rt.clock().timestamp()) < 0:
         raise BadRequest("Code de vérification incorrect.", code="invalid_totp")
+    await _credentials_changed(request, "totp")
     await rt.accounts.set_totp(who.professional.id, secret, enabled=True)
     return json_response({"totp_enabled": True})
 

@@ -151,6 +151,7 @@ async def test_keys_rotate_rewraps_and_old_key_can_be_destroyed(tmp_path: Path) 
             headers={**bearer(token), "Content-Type": "image/png"},
         ) as r:
             stored = await r.json()
+            assert r.status == 201, stored
     relay.stop()
     old_keys = sorted(p.name for p in (data_dir / "keys").glob("master-*.key"))
     result = relais(data_dir, "keys", "rotate", "--destroy-old")

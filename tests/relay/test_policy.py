@@ -25,6 +25,10 @@ EXPECTED: dict[Action, dict[Relation, set[Role]]] = {
     Action.READ_OWN_AUDIT: {OWN: {N, P, S, C, A}, TEAM: {N, P, S, C, A}, NO: {N, P, S, C, A}},
     Action.SEARCH_AUDIT: {OWN: {A}, TEAM: {A}, NO: {A}},
     Action.READ_AUDIT_PROOFS: {OWN: {N, P, S, C, A}, TEAM: {N, P, S, C, A}, NO: {N, P, S, C, A}},
+    Action.SCHEDULE_CONSULTATION: {OWN: {N, P, S, C}, TEAM: {N, P, S, C}, NO: {N, P, S, C}},
+    Action.VIEW_CONSULTATION: {OWN: {N, P, S, C}, TEAM: {N, P, S, C}, NO: set()},
+    Action.MANAGE_CONSULTATION: {OWN: {N, P, S, C}, TEAM: {N, P, S, C}, NO: set()},
+    Action.JOIN_CONSULTATION: {OWN: {N, P, S}, TEAM: {N, P, S}, NO: set()},
 }
 
 
@@ -60,4 +64,6 @@ def test_every_api_route_declares_an_action() -> None:
                 "/api/login/certificate",
                 "/api/logout",
                 "/api/openapi.json",
+                "/api/consultations/protocol.json",
+                "/api/consultations/{id}/join",
             }, route.path

@@ -67,6 +67,13 @@ def test_create_writes_private_key_and_current_pointer(keydir: Path, keyring: Ke
     assert sorted(p.name for p in keydir.iterdir()) == ["current", path.name]
 
 
+def test_create_tightens_an_existing_directory(keydir: Path) -> None:
+    keydir.mkdir(parents=True, mode=0o755)
+    keydir.chmod(0o755)
+    Keyring.create(keydir)
+    assert mode(keydir) == 0o700
+
+
 def test_create_refuses_an_existing_keyring(keydir: Path, keyring: Keyring) -> None:
     with pytest.raises(MasterKeyError, match=re.escape(f"keyring {keydir} already exists")):
         Keyring.create(keydir)
@@ -168,6 +175,8 @@ def test_destroy_removes_an_unused_key(keydir: Path, keyring: Keyring) -> None:
     assert Keyring.load(keydir).key_ids() == {new_id}
     with pytest.raises(MasterKeyError, match="is missing"):
         keyring.destroy(old_id, users=[])
+    with pytest.raises(MasterKeyError, match="malformed"):
+        keyring.destroy("../keys/current", users=[])
 
 
 def test_a_second_node_follows_a_rotation(keydir: Path, keyring: Keyring) -> None:

@@ -1,0 +1,558 @@
+"""The signaling WebSocket ``/ws/consultations/{id}``: a thin adapter around ``signaling.room``.
+
+It authenticates the socket at the upgrade (a professional's session, or a patient's guest
+pass cookie from ``POST /api/consultations/{id}/join``: no token ever travels in a URL), then
+only translates (DESIGN.md "Cores without I/O"): frames in → ``Room.receive``, the room's
+actions out, in order. One :class:`Room` per consultation lives in this process's memory:
+a single node serves a consultation (a multi-node deployment must route a consultation's
+sockets to one node, e.g. by consultation id; carrying rooms over the bus is not done).
+
+Order and audit: ``Audit`` actions come first in each batch and are written before anything
+of the batch is released; a batch waits behind earlier batches of its room, so every socket
+sees the room's order. Batches without audit (the offer/answer/candidate relay, the hot path)
+are released at once when nothing is pending. When the audit log cannot write, the room's
+sockets are closed with 1011 rather than go on untraced.
+
+Each socket has an outbox drained by its own writer task, so a slow receiver never holds up
+its room; one that falls ``MAX_OUTBOX`` messages behind is closed with 1013 (it may resume).
+Frames over aiohttp's cap are closed with 1009 by aiohttp before being buffered whole; binary
+frames with 1003 (RFC 6455 §7.4.1: a type of data the endpoint cannot accept).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import re
+import time
+import weakref
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Final
+
+from aiohttp import WSMsgType, web
+
+from relay.audit.events import Actor, ActorKind, AuditAction, AuditRecord, EntityRef, Outcome
+from relay.audit.events import ResourceKind as Kind
+from relay.consultations import ConsultationStatus, identity_of, verify_guest_pass
+from relay.errors import Forbidden
+from relay.http import trail
+from relay.http.consultations import GUEST_COOKIE, Teleconsultation, teleconsultation
+from relay.http.context import runtime, session_token
+from relay.http.route import Route
+from relay.policy import Action, is_allowed
+from signaling.errors import CloseCode, ConsultationEnded, SignalingError, TokenError
+from signaling.messages import ErrorReply, serialize
+from signaling.room import (
+    Action as RoomAction,
+)
+from signaling.room import (
+    Audit,
+    AuditKind,
+    Close,
+    Identity,
+    Room,
+    RoomSettings,
+    Send,
+    StartRecording,
+    StopRecording,
+)
+
+log = logging.getLogger("relais.signaling")
+
+MAX_OUTBOX: Final = 1024
+"""Messages queued for one socket before it counts as too slow and is closed (1013)."""
+HEARTBEAT_SECONDS: Final = 20.0
+"""WebSocket ping interval: a silent peer (no pong) counts as dropped and enters its grace."""
+WRITER_GRACE_SECONDS: Final = 10.0
+INTERNAL_ERROR: Final = 1011
+UNSUPPORTED_DATA: Final = 1003
+
+
+@dataclass
+class RoomContext:
+    """What the audit sink needs to know about a room's people (ids, never names)."""
+
+    consultation_id: str
+    patient_ref: str | None = None
+    actors: dict[str, tuple[Actor, str | None]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class _Finish:
+    """Close socket ``peer_id`` normally once everything queued before has been released."""
+
+    peer_id: str
+
+
+_Step = RoomAction | _Finish
+AuditSink = Callable[[RoomContext, Audit], Awaitable[None]]
+EndedSink = Callable[[str], Awaitable[None]]
+
+
+class _Peer:
+    """One socket: an outbox and the task that drains it in order."""
+
+    def __init__(self, peer_id: str, ws: web.WebSocketResponse) -> None:
+        self.peer_id = peer_id
+        self.ws = ws
+        self.outbox: deque[str] = deque()
+        self.ready = asyncio.Event()
+        self.close_code: int | None = None
+        self.close_reason = ""
+        self.writer = asyncio.create_task(self._write())
+
+    def send(self, text: str) -> None:
+        if self.close_code is not None:
+            return
+        if len(self.outbox) >= MAX_OUTBOX:
+            self.close(CloseCode.TRY_AGAIN_LATER, "slow_consumer")
+            return
+        self.outbox.append(text)
+        self.ready.set()
+
+    def close(self, code: int, reason: str) -> None:
+        if self.close_code is None:
+            self.close_code, self.close_reason = code, reason
+            self.ready.set()
+
+    async def _write(self) -> None:
+        ws = self.ws
+        try:
+            while True:
+                await self.ready.wait()
+                self.ready.clear()
+                while self.outbox and self.close_reason != "slow_consumer":
+                    await ws.send_str(self.outbox.popleft())
+                if self.close_code is not None:
+                    await ws.close(code=self.close_code, message=self.close_reason.encode())
+                    return
+        except ConnectionError:
+            return  # the socket went away; the read loop sees it and disconnects
+
+
+@dataclass(eq=False)
+class _RoomRunner:
+    room: Room
+    context: RoomContext
+    peers: dict[str, _Peer] = field(default_factory=dict)
+    pending: deque[Sequence[_Step]] = field(default_factory=deque)
+    performer: asyncio.Task[None] | None = None
+    timer: asyncio.TimerHandle | None = None
+    deadline: float | None = None
+
+
+class SignalingHub:
+    """The rooms of this process and the sockets attached to them."""
+
+    def __init__(
+        self,
+        settings: RoomSettings,
+        *,
+        audit: AuditSink,
+        on_ended: EndedSink,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self._audit = audit
+        self._on_ended = on_ended
+        self._clock = clock
+        self._rooms: dict[str, _RoomRunner] = {}
+        self._ids = itertools.count(1)
+
+    @property
+    def room_count(self) -> int:
+        """Rooms in memory."""
+        return len(self._rooms)
+
+    def room(self, consultation_id: str) -> Room | None:
+        """The live room of a consultation, if any (for tests and metrics)."""
+        runner = self._rooms.get(consultation_id)
+        return None if runner is None else runner.room
+
+    async def serve(
+        self,
+        ws: web.WebSocketResponse,
+        consultation_id: str,
+        identity: Identity,
+        actor: Actor,
+        address: str | None = None,
+        patient_ref: str | None = None,
+    ) -> None:
+        """Attach a prepared, authenticated socket to its room until it closes."""
+        runner = self._rooms.get(consultation_id)
+        if runner is None:
+            room = Room(consultation_id, self.settings)
+            runner = self._rooms[consultation_id] = _RoomRunner(
+                room, RoomContext(consultation_id, patient_ref)
+            )
+        runner.context.actors[identity.participant_id] = (actor, address)
+        peer = _Peer(f"s{next(self._ids)}", ws)
+        runner.peers[peer.peer_id] = peer
+        self._apply(runner, runner.room.connect(peer.peer_id, identity, self._clock()))
+        try:
+            async for message in ws:
+                if message.type is WSMsgType.TEXT:
+                    actions = runner.room.receive(peer.peer_id, message.data, self._clock())
+                    self._apply(runner, actions)
+                elif message.type is WSMsgType.BINARY:
+                    self._refuse(runner, peer, identity, UNSUPPORTED_DATA, "unsupported_data")
+                    break
+        finally:
+            if ws.close_code == CloseCode.MESSAGE_TOO_BIG and peer.close_code is None:
+                # aiohttp cut a frame over max_msg_size: trace it like the room's refusals.
+                self._refuse(runner, peer, identity, CloseCode.MESSAGE_TOO_BIG, "message_too_big")
+            gone = runner.room.disconnect(peer.peer_id, self._clock())
+            # Closed after whatever the room still has for this socket (an error reply).
+            self._apply(runner, [*gone, _Finish(peer.peer_id)])
+            try:
+                await asyncio.wait_for(asyncio.shield(peer.writer), WRITER_GRACE_SECONDS)
+            except TimeoutError:
+                peer.writer.cancel()
+                await ws.close(code=INTERNAL_ERROR)
+            runner.peers.pop(peer.peer_id, None)
+            self._discard_if_idle(runner)
+
+    def close_all(self, code: int = 1001, reason: str = "going_away") -> None:
+        """Close every socket (server shutdown: 1001 Going Away, RFC 6455 §7.4.1)."""
+        for runner in self._rooms.values():
+            for peer in runner.peers.values():
+                peer.close(code, reason)
+
+    # --- Performing the room's actions ----------------------------------------------------
+
+    def _apply(self, runner: _RoomRunner, actions: Sequence[_Step]) -> None:
+        if actions:
+            if runner.pending or isinstance(actions[0], Audit):
+                runner.pending.append(actions)
+                if runner.performer is None:
+                    runner.performer = asyncio.create_task(self._perform(runner))
+            else:
+                self._release(runner, actions)
+        deadline = runner.room.next_deadline()
+        if deadline != runner.deadline:
+            if runner.timer is not None:
+                runner.timer.cancel()
+            runner.deadline, runner.timer = deadline, None
+            if deadline is not None:
+                delay = max(0.0, deadline - self._clock()) + 0.01
+                runner.timer = asyncio.get_running_loop().call_later(delay, self._tick, runner)
+
+    def _tick(self, runner: _RoomRunner) -> None:
+        runner.timer, runner.deadline = None, None
+        self._apply(runner, runner.room.tick(self._clock()))
+        self._discard_if_idle(runner)
+
+    async def _perform(self, runner: _RoomRunner) -> None:
+        try:
+            while runner.pending:
+                actions = runner.pending.popleft()
+                for index, action in enumerate(actions):
+                    if not isinstance(action, Audit):
+                        self._release(runner, actions[index:])
+                        break
+                    try:
+                        await self._audit(runner.context, action)
+                        if action.kind is AuditKind.END:
+                            await self._on_ended(action.consultation_id)
+                    except Exception:
+                        log.exception("audit write failed; closing the consultation's sockets")
+                        runner.pending.clear()
+                        self.close_room(runner, INTERNAL_ERROR, "audit_unavailable")
+                        break
+        finally:
+            runner.performer = None
+            self._discard_if_idle(runner)
+
+    def _release(self, runner: _RoomRunner, actions: Sequence[_Step]) -> None:
+        texts: dict[int, str] = {}  # a broadcast is serialised once
+        for action in actions:
+            if isinstance(action, Send):
+                peer = runner.peers.get(action.peer_id)
+                if peer is not None:
+                    text = texts.get(id(action.message))
+                    if text is None:
+                        text = texts[id(action.message)] = serialize(action.message)
+                    peer.send(text)
+            elif isinstance(action, Close | _Finish):
+                peer = runner.peers.get(action.peer_id)
+                if peer is not None:
+                    if isinstance(action, Close):
+                        peer.close(action.code, action.reason)
+                    else:
+                        peer.close(CloseCode.NORMAL, "")
+            elif isinstance(action, StartRecording | StopRecording):
+                # No recording peer on this node yet (issue 6 item 5, optional here): the
+                # consent protocol runs, the media is not written anywhere.
+                log.info(
+                    "recording %s for a consultation: no recorder configured",
+                    "start" if isinstance(action, StartRecording) else "stop",
+                )
+
+    def close_room(self, runner: _RoomRunner, code: int, reason: str) -> None:
+        """Close every socket of one room."""
+        for peer in runner.peers.values():
+            peer.close(code, reason)
+
+    def _refuse(
+        self, runner: _RoomRunner, peer: _Peer, identity: Identity, code: int, reason: str
+    ) -> None:
+        """A refusal decided here (frame type/size): traced, answered, closed in order."""
+        now = self._clock()
+        detail = {"code": reason}
+        audit = Audit(
+            AuditKind.REFUSED,
+            runner.room.consultation_id,
+            identity.participant_id,
+            None,
+            now,
+            detail,
+        )
+        reply = ErrorReply(reason, f"closed with {code}: {reason.replace('_', ' ')}")
+        self._apply(runner, [audit, Send(peer.peer_id, reply), Close(peer.peer_id, code, reason)])
+
+    def _discard_if_idle(self, runner: _RoomRunner) -> None:
+        if runner.peers or runner.pending or runner.performer is not None:
+            return
+        if not runner.room.is_idle:
+            return
+        if self._rooms.get(runner.room.consultation_id) is runner:
+            del self._rooms[runner.room.consultation_id]
+        if runner.timer is not None:
+            runner.timer.cancel()
+
+
+# --- The relay's side: authentication and the audit log ------------------------------------
+
+_AUDIT: Final = {
+    AuditKind.JOIN: (AuditAction.CONSULTATION_JOIN, "joined_call"),
+    AuditKind.WAIT: (AuditAction.CONSULTATION_JOIN, "waiting_room"),
+    AuditKind.RESUME: (AuditAction.CONSULTATION_JOIN, "resumed"),
+    AuditKind.ADMIT: (AuditAction.CONSULTATION_ADMIT, "admitted"),
+    AuditKind.DROP: (AuditAction.CONSULTATION_LEAVE, "dropped"),
+    AuditKind.LEAVE: (AuditAction.CONSULTATION_LEAVE, "left"),
+    AuditKind.REMOVE: (AuditAction.CONSULTATION_REMOVE, "removed"),
+    AuditKind.END: (AuditAction.CONSULTATION_LEAVE, "consultation_ended"),
+    AuditKind.CONSENT: (AuditAction.CONSULTATION_CONSENT, "consent"),
+    AuditKind.RECORDING_REQUEST: (AuditAction.CONSULTATION_RECORDING_START, "requested"),
+    AuditKind.RECORDING_START: (AuditAction.CONSULTATION_RECORDING_START, "all_consented"),
+    AuditKind.RECORDING_STOP: (AuditAction.CONSULTATION_RECORDING_STOP, "stopped"),
+    AuditKind.CHAT: (AuditAction.MESSAGE_SENT, "chat"),
+    AuditKind.REFUSED: (AuditAction.ACCESS_DENIED, "refused"),
+}
+
+
+def audit_record(context: RoomContext, audit: Audit, observer: str) -> AuditRecord:
+    """The audit log record of a room event (ids and codes only: no names, no chat text)."""
+    action, reason = _AUDIT[audit.kind]
+    detail = audit.detail
+    if audit.kind is AuditKind.RECORDING_REQUEST and detail.get("enabled") is False:
+        action, reason = AuditAction.CONSULTATION_RECORDING_STOP, "request_withdrawn"
+    elif audit.kind is AuditKind.CONSENT:
+        reason = f"{detail.get('kind')}_{'granted' if detail.get('granted') else 'revoked'}"
+    elif isinstance(detail.get("reason"), str) or isinstance(detail.get("code"), str):
+        reason = str(detail.get("reason") or detail.get("code"))
+    pairs: list[tuple[str, str]] = [("reason", reason)]
+    if audit.kind is AuditKind.CHAT:
+        pairs.append(("size", str(detail.get("chars", 0))))
+    cid = audit.consultation_id
+    entities = [EntityRef(Kind.CONSULTATION, cid)]
+    if audit.subject is not None:
+        entities.append(EntityRef(Kind.CONSULTATION, f"{cid}:{audit.subject}"))
+    if audit.kind is AuditKind.CONSENT and audit.actor is not None:
+        entities.append(EntityRef(Kind.CONSENT, f"{cid}:{audit.actor}:{detail.get('kind')}"))
+    actor, address = context.actors.get(audit.actor or "", (Actor.system(observer), None))
+    return AuditRecord(
+        action=action,
+        outcome=Outcome.MINOR_FAILURE if audit.kind is AuditKind.REFUSED else Outcome.SUCCESS,
+        now=datetime.fromtimestamp(audit.at, UTC),
+        actor=actor,
+        observer=observer,
+        network_address=address,
+        entities=tuple(entities),
+        patient=context.patient_ref,
+        detail=tuple(pairs),
+    )
+
+
+class _NotFound(SignalingError):
+    code = "not_found"
+    ws_close = CloseCode.POLICY_VIOLATION
+
+
+class _SessionRequired(SignalingError):
+    code = "session_expired"
+    ws_close = CloseCode.POLICY_VIOLATION
+
+
+class _NotAParticipant(SignalingError):
+    code = "forbidden"
+    ws_close = CloseCode.POLICY_VIOLATION
+
+
+class _Refused(Exception):
+    """A socket refused at the upgrade: the protocol error and who was refused."""
+
+    def __init__(self, error: SignalingError, actor: Actor) -> None:
+        super().__init__(error.code)
+        self.error = error
+        self.actor = actor
+
+
+_UNKNOWN_GUEST: Final = Actor(ActorKind.PATIENT, "unknown-guest", "guest")
+_CONSULTATION_ID: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+
+
+_HUBS: weakref.WeakKeyDictionary[web.Application, SignalingHub] = weakref.WeakKeyDictionary()
+
+
+def hub_of(app: web.Application) -> SignalingHub | None:
+    """The application's hub, once a socket has been opened."""
+    return _HUBS.get(app)
+
+
+async def on_shutdown(app: web.Application) -> None:
+    """For ``app.on_shutdown``: close every signaling socket with 1001 (Going Away)."""
+    hub = _HUBS.get(app)
+    if hub is not None:
+        hub.close_all()
+
+
+def _hub(request: web.Request, service: Teleconsultation) -> SignalingHub:
+    hub = _HUBS.get(request.app)
+    if hub is None:
+        rt = runtime(request)
+        node = rt.config.server.node_name
+
+        async def audit(context: RoomContext, event: Audit) -> None:
+            await rt.audit.record(audit_record(context, event, node))
+
+        async def ended(consultation_id: str) -> None:
+            await service.store.mark_ended(consultation_id, rt.clock())
+
+        hub = _HUBS.setdefault(
+            request.app,
+            SignalingHub(
+                service.settings.room_settings(service.secrets.turn),
+                audit=audit,
+                on_ended=ended,
+                clock=lambda: rt.clock().timestamp(),
+            ),
+        )
+    return hub
+
+
+async def _authenticate(
+    request: web.Request, service: Teleconsultation
+) -> tuple[Identity, Actor, str | None]:
+    """Who opens this socket: (room identity, audit actor, patient reference)."""
+    rt = runtime(request)
+    consultation = await service.store.get(request.match_info["id"])
+    if consultation is None:
+        raise _Refused(
+            _NotFound("no such consultation", human="Consultation introuvable."), _UNKNOWN_GUEST
+        )
+    if consultation.status is ConsultationStatus.ENDED:
+        ended = ConsultationEnded(
+            "the consultation has ended", human="Cette consultation est terminée."
+        )
+        raise _Refused(ended, _UNKNOWN_GUEST)
+    now = rt.clock()
+    token = session_token(request)
+    if request.query.get("as") == "guest" or token is None:
+        value = request.cookies.get(GUEST_COOKIE)
+        try:
+            if not value:
+                raise TokenError(
+                    "no guest pass: open the join link first",
+                    human="Ouvrez à nouveau le lien de consultation reçu.",
+                )
+            participant = verify_guest_pass(service.secrets, value, consultation, now.timestamp())
+        except TokenError as exc:
+            raise _Refused(exc, _UNKNOWN_GUEST) from None
+        actor = Actor(ActorKind.PATIENT, participant.id, participant.role.value)
+        return identity_of(participant), actor, consultation.patient_ref
+    found = await rt.accounts.session(token, now, rt.config.accounts.session_idle_minutes * 60)
+    if found is None:
+        expired = _SessionRequired("session missing or expired", human="Veuillez vous reconnecter.")
+        raise _Refused(expired, Actor(ActorKind.PROFESSIONAL, "unknown-account"))
+    pro = found.professional
+    mine = consultation.participant_for(pro.id)
+    if mine is None or not is_allowed(
+        pro.role, Action.JOIN_CONSULTATION, consultation.relation(pro.id)
+    ):
+        outsider = _NotAParticipant(
+            "you do not take part in this consultation",
+            human="Vous ne participez pas à cette consultation.",
+        )
+        raise _Refused(outsider, trail.actor_of(pro))
+    return identity_of(mine), trail.actor_of(pro), consultation.patient_ref
+
+
+def _same_origin(request: web.Request) -> bool:
+    # Browsers send cookies with cross-site WebSocket upgrades when allowed: check Origin
+    # (RFC 6455 §10.2) so another site's page cannot ride a session.
+    origin = request.headers.get("Origin")
+    if origin is None:
+        return True  # not a browser
+    allowed = {f"https://{request.host}", runtime(request).public_url}
+    return origin.rstrip("/") in allowed
+
+
+async def consultation_socket(request: web.Request) -> web.StreamResponse:
+    service = await teleconsultation(request)
+    if not _same_origin(request):
+        raise Forbidden("Origine de la page non autorisée.", code="forbidden_origin")
+    ws = web.WebSocketResponse(
+        # Frames a bit over the room's limit get the room's precise error; far larger ones
+        # are cut by aiohttp (1009) before being buffered whole.
+        max_msg_size=2 * service.settings.max_message_bytes,
+        heartbeat=HEARTBEAT_SECONDS,
+        compress=False,  # no inflate bombs; signaling frames are small
+    )
+    if not ws.can_prepare(request).ok:
+        raise web.HTTPBadRequest(text="WebSocket upgrade expected")
+    hub = _hub(request, service)
+    try:
+        identity, actor, patient_ref = await _authenticate(request, service)
+    except _Refused as refused:
+        cid = request.match_info["id"]
+        error = refused.error
+        await trail.record(
+            request,
+            AuditAction.ACCESS_DENIED,
+            Outcome.MINOR_FAILURE,
+            actor=refused.actor,
+            entities=(EntityRef(Kind.CONSULTATION, cid),)
+            if _CONSULTATION_ID.fullmatch(cid)
+            else (),
+            detail=(("reason", error.code),),
+        )
+        # Answered over the socket: a browser cannot read an HTTP refusal of an upgrade.
+        await ws.prepare(request)
+        await ws.send_str(serialize(ErrorReply(error.code, error.message, error.human)))
+        await ws.close(
+            code=error.ws_close or CloseCode.POLICY_VIOLATION, message=error.code.encode()
+        )
+        return ws
+    await ws.prepare(request)
+    await hub.serve(
+        ws, request.match_info["id"], identity, actor, trail.address_of(request), patient_ref
+    )
+    return ws
+
+
+ROUTES = [
+    Route(
+        "GET",
+        "/ws/consultations/{id}",
+        consultation_socket,
+        Action.PUBLIC,
+        "Teleconsultation signaling WebSocket (see /api/consultations/protocol.json)",
+        "consultations",
+        in_api_document=False,
+    ),
+]
