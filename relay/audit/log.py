@@ -436,11 +436,12 @@ class AuditLog:
         if self._closing:
             return
         self._closing = True
-        stopped = self._enqueue(self._lifecycle_record(AuditAction.AUDIT_STOPPED), True)
-        try:
-            await stopped
-        except AuditUnavailable as exc:
-            logger.warning("audit log closed without its AUDIT_STOPPED event: %s", exc)
+        if self._writer is not None and not self._writer.done():
+            stopped = self._enqueue(self._lifecycle_record(AuditAction.AUDIT_STOPPED), True)
+            try:
+                await stopped
+            except AuditUnavailable as exc:
+                logger.warning("audit log closed without its AUDIT_STOPPED event: %s", exc)
         await self._shutdown()
 
     async def _shutdown(self) -> None:
@@ -849,6 +850,12 @@ def _prepare_directory(directory: Path, settings: AuditLogSettings) -> tuple[int
         exists = db_path.exists() and db_path.stat().st_size > 0
         # Keys first: a database never exists without the keys that sign and search it.
         keys = load_keys(directory, settings.origin, create=not exists)
+        if keys.name != settings.origin:
+            # C2SP: the key name SHOULD be the origin; `audit verify` relies on it.
+            raise AuditUnavailable(
+                f"the audit signing key is named {keys.name!r} but the origin is "
+                f"{settings.origin!r}: keep the origin the log was created with"
+            )
         if not db_path.exists():
             # Created 0600 before SQLite opens it; SQLite gives -wal/-shm the same mode.
             os.close(os.open(db_path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))

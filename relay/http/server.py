@@ -12,7 +12,8 @@ from datetime import timedelta
 from aiohttp import web
 
 from certs.expiry import expiry_warnings
-from certs.tls import server_ssl_context
+from certs.tls import client_ssl_context, server_ssl_context
+from relay.audit.forwarder import SyslogForwarder
 from relay.config import Config
 from relay.datadir import DataDir
 from relay.http.app import IN_FLIGHT, build_app
@@ -52,6 +53,8 @@ async def _serve(rt: Runtime, data: DataDir, config: Config) -> None:
     await site.start()
     port = _bound_port(site, config.http.port)
     lag_task = asyncio.create_task(rt.metrics.watch_loop_lag())
+    forwarder = _syslog_forwarder(rt, data, config)
+    forwarder_task = asyncio.create_task(forwarder.run()) if forwarder is not None else None
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -72,10 +75,32 @@ async def _serve(rt: Runtime, data: DataDir, config: Config) -> None:
         # cleanup() stops accepting, lets in-flight requests finish (shutdown_timeout),
         # then closes connections; only then are the stores closed by the caller.
         await runner.cleanup()
+        if forwarder is not None and forwarder_task is not None:
+            await forwarder.stop(grace=5.0)
+            forwarder_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await forwarder_task
         lag_task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await lag_task
     log.info("stopped")
+
+
+def _syslog_forwarder(rt: Runtime, data: DataDir, config: Config) -> SyslogForwarder | None:
+    """Forward every audit event to the configured collector (RFC 5424 over TLS, RFC 5425)."""
+    audit = config.audit
+    if not audit.syslog_host:
+        return None
+    ca_file = data.resolve(audit.syslog_ca_file)
+    context = client_ssl_context([ca_file] if ca_file is not None else [])
+    log.info("forwarding audit events to %s:%d over TLS", audit.syslog_host, audit.syslog_port)
+    return SyslogForwarder(
+        rt.audit,
+        host=audit.syslog_host,
+        port=audit.syslog_port,
+        ssl_context=context,
+        hostname=config.server.node_name,
+    )
 
 
 def _bound_port(site: web.TCPSite, configured: int) -> int:

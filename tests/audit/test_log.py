@@ -415,9 +415,9 @@ async def test_changing_the_origin_is_refused(env: Env) -> None:
 async def test_read_only_database_refuses_with_503_and_recovers(env: Env, log: AuditLog) -> None:
     await log.record(download(1))
     await log.database.run(lambda conn: conn.execute("PRAGMA query_only=ON").fetchall())
-    for receipt in (False, True):
+    for wants_receipt in (False, True):
         with pytest.raises(AuditUnavailable) as caught:
-            await log.record(download(2), receipt=receipt)
+            await log.record(download(2), receipt=wants_receipt)
         assert caught.value.http_status == 503
     assert log.size == 2
     await log.database.run(lambda conn: conn.execute("PRAGMA query_only=OFF").fetchall())

@@ -533,3 +533,35 @@ def test_prescan_bounds_the_parser_depth(seed: int) -> None:
     if real >= 1:
         with pytest.raises(MimeTooDeep):
             _prescan(raw, MailLimits(max_depth=real - 1))
+
+
+def test_html_conversion_is_bounded() -> None:
+    raw = crlf(HEAD + "Content-Type: text/html\n\n" + "<b>mot</b> " * 100_000 + "\n")
+    started = time.perf_counter()
+    body = parse_message(raw, MailLimits(max_html_chars=2_000)).text_body
+    assert time.perf_counter() - started < 1.0
+    assert body.startswith("mot mot") and len(body) < 2_000
+
+
+def test_eight_bit_body_kept_exactly() -> None:
+    raw = HEAD.replace("\n", "\r\n").encode() + (
+        b"Content-Type: text/plain; charset=iso-8859-1\r\nContent-Transfer-Encoding: 8bit\r\n"
+        b"\r\nR\xe9ponse \xe0 la demande\r\n"
+    )
+    assert parse_message(raw).text_body == "Réponse à la demande\n"
+
+
+def test_eight_bit_bytes_in_base64_refused() -> None:
+    raw = HEAD.replace("\n", "\r\n").encode() + (
+        b"Content-Type: application/pdf\r\nContent-Transfer-Encoding: base64\r\n\r\nJVBE\xe9Ri0x\r\n"
+    )
+    with pytest.raises(MalformedMessage, match="invalid base64"):
+        parse_message(raw)
+
+
+def test_lenient_quoted_printable_like_every_client() -> None:
+    raw = crlf(
+        HEAD + "Content-Type: text/plain; charset=utf-8\n"
+        "Content-Transfer-Encoding: quoted-printable\n\nfin de ligne=\ncoll=C3=A9e =XY reste\n"
+    )
+    assert parse_message(raw).text_body == "fin de lignecollée =XY reste\n"
