@@ -60,7 +60,7 @@ def test_relay_forwards_audit_events_to_rsyslog(tmp_path: Path) -> None:
             if any(b"110122" in m.msg for m in received):
                 break
             time.sleep(0.2)
-        assert any(b"110122" in m.msg for m in received), collector.log()
+        assert any(b"110122" in m.msg for m in received), collector.log
         login = next(m for m in received if b"110122" in m.msg)
         assert login.msgid == "IHE+RFC-3881"
         assert login.app_name == "relais"
