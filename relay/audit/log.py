@@ -92,6 +92,7 @@ MIGRATIONS: Final = Path(__file__).with_name("migrations")
 WITNESS_LATEST: Final = "latest.checkpoint"
 MAX_BATCH: Final = 4096  # bounds one transaction's size and the time callers wait behind it
 ERASE_BATCH: Final = 2000
+PAGE_SIZE = 8192
 
 T = TypeVar("T")
 
@@ -472,6 +473,7 @@ class AuditLog:
         With ``receipt=True`` the batch ends with a freshly signed checkpoint covering the
         entry, returned in the :class:`Receipt`. Raises :class:`AuditUnavailable` (503) when
         the entry could not be written: the caller must then refuse the audited action.
+        Cancelling the caller does not withdraw the record: it is written all the same.
         """
         if self._closing:
             raise AuditUnavailable("audit log is closed")
@@ -575,6 +577,10 @@ class AuditLog:
                     resources=tuple((e.kind.value, e.id) for e in record.entities),
                 )
             )
+        if not rows and (tree.size == self._latest.size or not force):
+            self._tree = tree  # nothing to write (a checkpoint was asked, none is due)
+            result.size = tree.size
+            return result
         nodes = tree.plan_append([row.leaf_hash for row in rows])
         conn.execute("BEGIN IMMEDIATE")
         try:
@@ -832,6 +838,20 @@ class AuditLog:
         return total
 
 
+def _create_database(path: Path) -> None:
+    # Created 0600 before SQLite opens it (SQLite gives -wal/-shm the same mode), with a
+    # page size chosen before WAL mode fixes it: an entry is ~2.3 KB, so 4 KB pages would
+    # hold one entry each and waste 40 % of the file; 8 KB pages hold three (measured: 3.0
+    # instead of 4.4 KB per entry, and faster appends than with 4 or 16 KB pages).
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
+    conn = sqlite3.connect(path)
+    try:
+        conn.execute(f"PRAGMA page_size={PAGE_SIZE}").fetchall()
+        conn.execute("PRAGMA journal_mode=WAL").fetchall()
+    finally:
+        conn.close()
+
+
 def _prepare_directory(directory: Path, settings: AuditLogSettings) -> tuple[int, AuditKeys]:
     # Blocking file work of open(), run in a thread: directory, single-writer lock, keys.
     try:
@@ -856,9 +876,8 @@ def _prepare_directory(directory: Path, settings: AuditLogSettings) -> tuple[int
                 f"the audit signing key is named {keys.name!r} but the origin is "
                 f"{settings.origin!r}: keep the origin the log was created with"
             )
-        if not db_path.exists():
-            # Created 0600 before SQLite opens it; SQLite gives -wal/-shm the same mode.
-            os.close(os.open(db_path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
+        if not exists:
+            _create_database(db_path)
     except BaseException:
         os.close(lock_fd)
         raise

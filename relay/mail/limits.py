@@ -1,7 +1,8 @@
 """Parsing inbound mail under explicit limits: raw bytes → :class:`ParsedMessage` (pure).
 
-The standard ``email`` parser is used (``BytesParser(policy=email.policy.default)``), but it
-is not safe on hostile input by itself: it recurses once per MIME level (a 1,000-deep message
+The standard ``email`` parser is used (``BytesParser`` with ``email.policy.default``, its
+header registry memoised — same behaviour, half the time), but it is not safe on hostile
+input by itself: it recurses once per MIME level (a 1,000-deep message
 raises RecursionError) and checks every line against every enclosing boundary (quadratic in
 depth), and it decodes base64 leniently. So, in this order:
 

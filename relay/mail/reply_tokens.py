@@ -26,8 +26,9 @@ caller (is this recipient still a participant? is the case still open?); rotatin
 revokes all tokens (``previous_secrets`` keeps the old ones valid during a transition).
 80-bit MACs: a forger must send one mail per guess, so 2^80 guesses are out of reach.
 
-Target ids must be the relay's identifiers: ``secrets.token_urlsafe(16)`` (22 characters of
-base64url, 128 bits); they are packed back to their 16 bytes to fit in the local part.
+Target ids must be the relay's identifiers: ``secrets.token_hex(16)`` (32 lowercase hex
+characters, 128 bits; see ``relay.accounts.new_id``); they are packed back to their 16 bytes
+to fit in the local part.
 """
 
 from __future__ import annotations
@@ -129,7 +130,7 @@ def verify(
     if key is None:
         raise ReplyNotAllowed(reason="forged")
     kind = _CHAR_KIND[kind_char]
-    target_id = base64.urlsafe_b64encode(id_bytes).decode("ascii").rstrip("=")
+    target_id = id_bytes.hex()
     try:
         sender = normalize_address(sender_address, sender=True)
     except InvalidAddress:
@@ -148,12 +149,12 @@ def _check_secret(secret: bytes) -> None:
 
 def _pack_id(target_id: str) -> bytes:
     try:
-        raw = base64.urlsafe_b64decode(target_id + "==")
-    except (binascii.Error, ValueError):
+        raw = bytes.fromhex(target_id)
+    except ValueError:
         raw = b""
     # Re-encoding must give the id back: one id, one token (no non-canonical spellings).
-    if len(raw) != _ID_BYTES or base64.urlsafe_b64encode(raw).decode().rstrip("=") != target_id:
-        raise ValueError("target id must be a 128-bit base64url identifier (token_urlsafe(16))")
+    if len(raw) != _ID_BYTES or raw.hex() != target_id:
+        raise ValueError("target id must be a 128-bit lowercase hex identifier (token_hex(16))")
     return raw
 
 

@@ -37,6 +37,7 @@ from cryptography.hazmat.primitives.ciphers import algorithms
 from cryptography.hazmat.primitives.serialization import pkcs7
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
+from certs.ca import require_aware
 from relay.mail.errors import (
     ContentRefused,
     DecryptionFailed,
@@ -70,6 +71,7 @@ def encrypt_message(
     outside: give a generic one, the outside is plain text. Raises EncryptionFailed when a
     certificate is unusable (not RSA, not valid at ``now``, not for e-mail encryption).
     """
+    require_aware(now)
     if not recipient_certs:
         raise EncryptionFailed("No recipient certificate")
     for number, certificate in enumerate(recipient_certs, 1):
@@ -165,16 +167,20 @@ def decrypt_message(
         raise DecryptionFailed("S/MIME authEnveloped-data (AES-GCM) is not supported here")
     if content_type not in _SMIME_TYPES or smime_type not in ("", "enveloped-data"):
         raise DecryptionFailed("Not an S/MIME enveloped-data message")
-    payload = message.get_payload()
-    if not isinstance(payload, str):
-        raise DecryptionFailed("Not an S/MIME enveloped-data message")
-    data = payload.encode("ascii", "surrogateescape")
     encoding = str(message.get("content-transfer-encoding", "")).strip().lower()
+    payload = message.get_payload() if encoding == "base64" else message.get_payload(decode=True)
     if encoding == "base64":
+        compact = re.sub(r"\s+", "", payload) if isinstance(payload, str) else ""
         try:
-            data = binascii.a2b_base64(re.sub(rb"\s+", b"", data), strict_mode=True)
+            if not compact.isascii() or len(compact) % 4:
+                raise ValueError("not base64")
+            data = binascii.a2b_base64(compact.encode("ascii"), strict_mode=True)
         except (binascii.Error, ValueError):
             raise DecryptionFailed("The S/MIME body is not valid base64") from None
+    elif isinstance(payload, bytes):
+        data = payload  # binary DER (RFC 3030 BINARYMIME): the exact received bytes
+    else:
+        raise DecryptionFailed("Not an S/MIME enveloped-data message")
     if not isinstance(relay_key, rsa.RSAPrivateKey):
         raise DecryptionFailed("The relay has no RSA key to decrypt S/MIME messages")
     try:

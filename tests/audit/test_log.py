@@ -379,6 +379,10 @@ async def test_keys_are_created_once_with_modes(env: Env) -> None:
         DATABASE_FILE: 0o600,
     }
     assert stat.S_IMODE(env.audit_dir.stat().st_mode) == 0o700
+    conn = env.sql()
+    assert conn.execute("PRAGMA page_size").fetchone()[0] == 8192  # 3 entries a page
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    conn.close()
     assert (env.audit_dir / VERIFIER_KEY_FILE).read_text().strip() == verifier
     assert verifier.startswith(ORIGIN + "+")
     assert len((env.audit_dir / PATIENT_KEY_FILE).read_bytes()) == 32

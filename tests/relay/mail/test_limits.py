@@ -553,7 +553,8 @@ def test_eight_bit_body_kept_exactly() -> None:
 
 def test_eight_bit_bytes_in_base64_refused() -> None:
     raw = HEAD.replace("\n", "\r\n").encode() + (
-        b"Content-Type: application/pdf\r\nContent-Transfer-Encoding: base64\r\n\r\nJVBE\xe9Ri0x\r\n"
+        b"Content-Type: application/pdf\r\nContent-Transfer-Encoding: base64\r\n"
+        b"\r\nJVBE\xe9Ri0x\r\n"
     )
     with pytest.raises(MalformedMessage, match="invalid base64"):
         parse_message(raw)

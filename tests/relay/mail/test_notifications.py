@@ -26,7 +26,7 @@ from relay.mail.reply_tokens import ReplyKind, issue, verify
 NOW = datetime(2026, 11, 23, 13, 5, tzinfo=UTC)
 DOMAIN = "relais.localhost"
 SECRET = secrets.token_bytes(32)
-CASE_ID = secrets.token_urlsafe(16)
+CASE_ID = secrets.token_hex(16)
 RECIPIENT = "jean.dubois@chu.example.fr"
 
 # What the relay knows about the case when it notifies: none of it may leave in plain mail.

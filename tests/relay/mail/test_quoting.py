@@ -140,17 +140,11 @@ APPLE_MAIL_FR_NBSP = (
     "\n\n> Bonjour Docteur,\n"
 )
 
-SIGNATURE_DELIMITER = """Bonjour,
-
-Pansement hydrocolloïde, à revoir dans 8 jours.
-
-Cordialement,
-Dr Dubois
--- 
-Dr Jean Dubois
-Dermatologie — CHU
-Tél. 01 23 45 67 89
-"""  # noqa: W291 - the RFC 3676 delimiter is "-- " with its space
+# The RFC 3676 delimiter is "-- " with its trailing space: spelled out so no editor strips it.
+SIGNATURE_DELIMITER = (
+    "Bonjour,\n\nPansement hydrocolloïde, à revoir dans 8 jours.\n\nCordialement,\nDr Dubois\n"
+    "-- \nDr Jean Dubois\nDermatologie — CHU\nTél. 01 23 45 67 89\n"
+)
 
 ANDROID_SIGNATURE = """Bonjour,
 

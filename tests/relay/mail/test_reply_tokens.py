@@ -12,7 +12,7 @@ from relay.mail.reply_tokens import TOKEN_LENGTH, ReplyKind, ReplyTarget, issue,
 
 SECRET = bytes(range(32))
 OTHER_SECRET = bytes(range(1, 33))
-THREAD = secrets.token_urlsafe(16)
+THREAD = secrets.token_hex(16)
 RECIPIENT = "Jean.Dubois@CHU.example.fr"
 
 
@@ -24,7 +24,7 @@ def test_round_trip() -> None:
 
 
 def test_case_kind_round_trip() -> None:
-    case_id = secrets.token_urlsafe(16)
+    case_id = secrets.token_hex(16)
     token = issue(SECRET, ReplyKind.CASE, case_id, RECIPIENT)
     assert token.startswith("c")
     assert verify(SECRET, token, RECIPIENT).kind is ReplyKind.CASE

@@ -298,3 +298,19 @@ def test_we_decrypt_what_openssl_encrypts(pki: Pki, tmp_path: Path) -> None:
 def test_pkcs7_module_is_the_one_documented() -> None:
     # Guard: the envelope builder and the DER decrypt used here exist in this cryptography.
     assert hasattr(pkcs7, "PKCS7EnvelopeBuilder") and hasattr(pkcs7, "pkcs7_decrypt_der")
+
+
+def test_binary_der_body(pki: Pki) -> None:
+    der = der_of(encrypt_message(clinical_message(), [pki.relay.certificate], now=NOW))
+    data = (
+        b"From: jean.dubois@chu.example.fr\r\n"
+        b"Content-Type: application/pkcs7-mime; smime-type=enveloped-data\r\n"
+        b"Content-Transfer-Encoding: binary\r\n\r\n" + der
+    )
+    opened = open_enveloped(data, pki.relay.key, pki.relay.certificate)
+    assert opened.attachments[0].data == b"\xff\xd8\xffphoto"
+
+
+def test_naive_now_refused(pki: Pki) -> None:
+    with pytest.raises(ValueError, match="timezone-aware"):
+        encrypt_message(clinical_message(), [pki.relay.certificate], now=datetime(2026, 1, 1))
