@@ -32,6 +32,7 @@ import asyncio
 import contextlib
 import json
 import multiprocessing
+import os
 import re
 import socket
 import statistics
@@ -154,6 +155,12 @@ def _rss_kib(pid: int) -> int:
     raise RuntimeError("no VmRSS")
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (``/proc/<pid>/stat`` fields 14 and 15)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -169,6 +176,7 @@ class Measured:
     """One server's figures."""
 
     kib_per_participant: float
+    cpu_us_per_message: float
     p50_ms: float
     p99_ms: float
     messages_per_second: float
@@ -177,6 +185,7 @@ class Measured:
 class _Side:
     def __init__(self, ws: aiohttp.ClientWebSocketResponse, me: str, other: str) -> None:
         self.ws, self.me, self.other = ws, me, other
+        self.frames = [_message(kind, 0, other) for kind in range(10)]
 
 
 class _Client:
@@ -197,15 +206,17 @@ class _Client:
         async for message in side.ws:
             if message.type is not aiohttp.WSMsgType.TEXT:
                 break
-            found = _SEQ.search(message.data)
-            if found is None:
-                continue  # control messages (participant_joined, ...)
-            started = self.sent.pop(int(found.group(1)), None)
-            if started is not None:
-                self.latencies.append(time.perf_counter() - started)
+            if not self.bounce:
+                found = _SEQ.search(message.data)
+                if found is None:
+                    continue  # control messages (participant_joined, ...)
+                started = self.sent.pop(int(found.group(1)), None)
+                if started is not None:
+                    self.latencies.append(time.perf_counter() - started)
             self.received += 1
             if self.bounce and not self.stop:
-                await side.ws.send_str(self.next_message(side))
+                # Pre-built frames: the client must stay cheaper than the servers it loads.
+                await side.ws.send_str(side.frames[self.received % len(side.frames)])
 
 
 async def _connect(
@@ -267,7 +278,8 @@ async def _measure(kind: str, rooms: int) -> Measured:
                     await asyncio.sleep(period)
 
             pacers = [
-                asyncio.create_task(pace(a, b, period * i / rooms)) for i, (a, b) in enumerate(pairs)
+                asyncio.create_task(pace(a, b, period * i / rooms))
+                for i, (a, b) in enumerate(pairs)
             ]
             await asyncio.sleep(LATENCY_SECONDS)
             client.stop = True
@@ -283,8 +295,11 @@ async def _measure(kind: str, rooms: int) -> Measured:
                     await b.ws.send_str(client.next_message(b))
             await asyncio.sleep(1.0)  # warm up
             start_count, started = client.received, time.perf_counter()
+            cpu_before = _cpu_seconds(server.pid)
             await asyncio.sleep(THROUGHPUT_SECONDS)
-            rate = (client.received - start_count) / (time.perf_counter() - started)
+            relayed = client.received - start_count
+            rate = relayed / (time.perf_counter() - started)
+            cpu_per_message = (_cpu_seconds(server.pid) - cpu_before) / relayed
             client.stop = True
             await asyncio.sleep(0.5)
             for side in sides:
@@ -298,6 +313,7 @@ async def _measure(kind: str, rooms: int) -> Measured:
         server.join(10)
     return Measured(
         kib_per_participant=kib,
+        cpu_us_per_message=cpu_per_message * 1e6,
         p50_ms=statistics.median(latencies) * 1000,
         p99_ms=latencies[int(len(latencies) * 0.99)] * 1000,
         messages_per_second=rate,
@@ -308,6 +324,11 @@ def run(rooms: int = ROOMS) -> list[Result]:
     """Measure the bare relay then the hub; return the comparison rows."""
     bare = asyncio.run(_measure("bare", rooms))
     hub = asyncio.run(_measure("hub", rooms))
+    print(
+        f"server CPU per relayed message: hub {hub.cpu_us_per_message:.1f} us, "
+        f"bare {bare.cpu_us_per_message:.1f} us",
+        file=sys.stderr,
+    )
     label = "bare aiohttp relay"
     case = f"{rooms} two-party rooms"
     return [
@@ -366,4 +387,3 @@ if __name__ == "__main__":
     arguments = parser.parse_args()
     print(format_table([("signaling_relay", r) for r in run(arguments.rooms)]))
     sys.exit(0)
-

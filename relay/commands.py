@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import getpass
 import hashlib
 import secrets
 import sys
@@ -16,15 +17,57 @@ from certs.ca import CertifiedKey, write_file_atomically
 from certs.issue import issue_client_certificate
 from certs.pkcs12 import to_pkcs12
 from relay.accounts import AccountStore, validate_email, validate_new_professional
+from relay.audit import inbox as audit_inbox
+from relay.audit.events import (
+    Actor,
+    ActorKind,
+    AuditAction,
+    AuditRecord,
+    EntityRef,
+    Outcome,
+    ResourceKind,
+)
 from relay.cli import _config, _read_secret_file
 from relay.config import Config
 from relay.datadir import DataDir, create_pki, generate_password, make_root, render_config
 from relay.errors import ConfigError, Conflict, NotFound, RelayError
 from relay.passwords import Passwords
 from relay.roles import Role, TeamKind
+from relay.runtime import open_audit
 from storage.blobs import BlobStore
 from storage.database import Database
 from storage.keys import Keyring
+
+
+def _operator() -> Actor:
+    """The person at the command line, as the operating system knows them."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = "unknown"
+    safe = "".join(c if c.isalnum() or c in "._-" else "-" for c in user)[:60] or "unknown"
+    return Actor(ActorKind.SYSTEM, f"cli:{safe}")
+
+
+async def _trace(
+    data: DataDir,
+    action: AuditAction,
+    *,
+    entities: tuple[EntityRef, ...] = (),
+    detail: tuple[tuple[str, str], ...] = (),
+) -> None:
+    """Hand an admin action to the audit log (via its inbox: the server may hold the log)."""
+    config = _config(data)
+    record = AuditRecord(
+        action=action,
+        outcome=Outcome.SUCCESS,
+        now=datetime.now(UTC),
+        actor=_operator(),
+        observer=config.server.node_name,
+        entities=entities,
+        detail=detail,
+    )
+    await audit_inbox.submit(data.audit, record)
 
 
 def _passwords(config: Config) -> Passwords:
@@ -75,10 +118,31 @@ async def initialise(
     db = await Database.open(data.database(config))
     try:
         accounts = AccountStore(db)
+        admin = None
         if await accounts.credentials(new.email) is None:
-            await accounts.create_professional(new, await passwords.hash(admin_password), now)
+            admin = await accounts.create_professional(
+                new, await passwords.hash(admin_password), now
+            )
     finally:
         await db.close()
+    # Creates the audit database and its signing and patient keys, and traces the first
+    # account: the log starts with the relay.
+    log = await open_audit(data, config)
+    try:
+        if admin is not None:
+            await log.record(
+                AuditRecord(
+                    action=AuditAction.ACCOUNT_CREATED,
+                    outcome=Outcome.SUCCESS,
+                    now=now,
+                    actor=_operator(),
+                    observer=config.server.node_name,
+                    entities=(EntityRef(ResourceKind.ACCOUNT, admin.id),),
+                    detail=(("new_role", "admin"),),
+                )
+            )
+    finally:
+        await log.close()
     return generated
 
 
@@ -141,7 +205,22 @@ async def user_add(args: argparse.Namespace, data: DataDir) -> int:
                 raise NotFound(f"no team with address {address!r}")
             teams.append(team)
         pro = await accounts.create_professional(new, await passwords.hash(password), now)
+        await _trace(
+            data,
+            AuditAction.ACCOUNT_CREATED,
+            entities=(EntityRef(ResourceKind.ACCOUNT, pro.id),),
+            detail=(("new_role", pro.role.value),),
+        )
         for team in teams:
+            await _trace(
+                data,
+                AuditAction.TEAM_CHANGED,
+                entities=(
+                    EntityRef(ResourceKind.TEAM, team.id),
+                    EntityRef(ResourceKind.ACCOUNT, pro.id),
+                ),
+                detail=(("reason", "member_added"),),
+            )
             await accounts.add_member(team.id, pro.id, now)
     finally:
         await db.close()
@@ -164,6 +243,12 @@ async def team_add(args: argparse.Namespace, data: DataDir) -> int:
         )
     finally:
         await db.close()
+    await _trace(
+        data,
+        AuditAction.TEAM_CHANGED,
+        entities=(EntityRef(ResourceKind.TEAM, team.id),),
+        detail=(("reason", "team_created"),),
+    )
     print(f"Équipe créée : {team.name} <{team.address}@{config.server.domain}>")
     return 0
 
@@ -197,8 +282,15 @@ async def cert_issue(args: argparse.Namespace, data: DataDir) -> int:
             to_pkcs12, certified, ca.certificate, password.encode(), pro.display_name
         )
         der = certified.certificate.public_bytes(serialization.Encoding.DER)
+        serial = f"{certified.certificate.serial_number:x}"
+        await _trace(
+            data,
+            AuditAction.CREDENTIALS_CHANGED,
+            entities=(EntityRef(ResourceKind.ACCOUNT, pro.id),),
+            detail=(("setting", "client_certificate"), ("certificate_serial", serial)),
+        )
         await accounts.record_client_certificate(
-            serial=f"{certified.certificate.serial_number:x}",
+            serial=serial,
             pro_id=pro.id,
             fingerprint=hashlib.sha256(der).hexdigest(),
             not_after=certified.certificate.not_valid_after_utc,
@@ -218,12 +310,24 @@ async def keys_rotate(args: argparse.Namespace, data: DataDir) -> int:
     keyring = Keyring.load(data.keys)
     old_ids = keyring.key_ids()
     new_id = keyring.rotate()
+    await _trace(
+        data,
+        AuditAction.KEY_ROTATED,
+        entities=(EntityRef(ResourceKind.KEY, new_id),),
+        detail=(("key_id", new_id),),
+    )
     blobs = BlobStore(data.blobs, keyring, chunk_size=config.storage.blob_chunk_kib * 1024)
     count = await blobs.rewrap_all()
     print(f"Nouvelle clé maîtresse {new_id} ; {count} clés de données re-chiffrées.")
     if args.destroy_old:
         for key_id in sorted(old_ids):
             keyring.destroy(key_id, users=[blobs])
+            await _trace(
+                data,
+                AuditAction.KEY_ROTATED,
+                entities=(EntityRef(ResourceKind.KEY, key_id),),
+                detail=(("key_id", key_id), ("reason", "destroyed")),
+            )
             print(f"  Ancienne clé {key_id} détruite.")
     else:
         print("  Les anciennes clés peuvent être détruites avec : relais keys rotate --destroy-old")
@@ -255,8 +359,20 @@ async def audit(args: argparse.Namespace, data: DataDir) -> int:
         )
         for line in lines:
             print(line)
+        waiting = await audit_inbox.pending(data.audit) if args.database is None else 0
+        if waiting:
+            print(
+                f"{waiting} event(s) handed over by the command line wait in the inbox;"
+                " the running relay appends them within a second (or at its next start)."
+            )
         return 0 if ok else 1
     since, until = _iso(args.since, "since"), _iso(args.until, "until")
+    await _trace(
+        data,
+        AuditAction.EXPORT,
+        entities=(EntityRef(ResourceKind.AUDIT_LOG, "export"),),
+        detail=(("format", args.format),),
+    )
     if args.out:
         # The export streams to a local file the operator named; a short blocking write
         # in a one-shot CLI command is fine.

@@ -207,7 +207,7 @@ class SignalingHub:
                 self._refuse(runner, peer, identity, CloseCode.MESSAGE_TOO_BIG, "message_too_big")
             gone = runner.room.disconnect(peer.peer_id, self._clock())
             # Closed after whatever the room still has for this socket (an error reply).
-            self._apply(runner, [*gone, _Finish(peer.peer_id)])
+            self._apply(runner, [*gone, _Finish(peer.peer_id)], timers=True)
             try:
                 await asyncio.wait_for(asyncio.shield(peer.writer), WRITER_GRACE_SECONDS)
             except TimeoutError:
@@ -224,14 +224,23 @@ class SignalingHub:
 
     # --- Performing the room's actions ----------------------------------------------------
 
-    def _apply(self, runner: _RoomRunner, actions: Sequence[_Step]) -> None:
+    def _apply(
+        self, runner: _RoomRunner, actions: Sequence[_Step], *, timers: bool = False
+    ) -> None:
+        audited = bool(actions) and isinstance(actions[0], Audit)
         if actions:
-            if runner.pending or isinstance(actions[0], Audit):
+            if runner.pending or audited:
                 runner.pending.append(actions)
                 if runner.performer is None:
                     runner.performer = asyncio.create_task(self._perform(runner))
             else:
                 self._release(runner, actions)
+        # Grace deadlines move only with membership changes, which the room always audits:
+        # the relay hot path (un-audited batches) skips this.
+        if audited or timers:
+            self._schedule_tick(runner)
+
+    def _schedule_tick(self, runner: _RoomRunner) -> None:
         deadline = runner.room.next_deadline()
         if deadline != runner.deadline:
             if runner.timer is not None:
@@ -243,7 +252,7 @@ class SignalingHub:
 
     def _tick(self, runner: _RoomRunner) -> None:
         runner.timer, runner.deadline = None, None
-        self._apply(runner, runner.room.tick(self._clock()))
+        self._apply(runner, runner.room.tick(self._clock()), timers=True)
         self._discard_if_idle(runner)
 
     async def _perform(self, runner: _RoomRunner) -> None:

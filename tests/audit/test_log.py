@@ -249,6 +249,25 @@ async def test_concurrent_records_share_transactions_in_index_order(
     await assert_included(log, count, last.checkpoint)
 
 
+async def test_a_cancelled_caller_still_gets_its_event_written(log: AuditLog) -> None:
+    task = asyncio.create_task(log.record(download(1)))
+    await asyncio.sleep(0)  # queued
+    task.cancel()
+    await log.record(download(2))
+    assert [e.index for e in await log.search(resource="att-00001")] == [1]
+    assert log.size == 3
+
+
+async def test_verify_runs_next_to_the_live_log(env: Env, log: AuditLog) -> None:
+    for n in range(5):
+        await log.record(download(n))
+    ok, lines = await env.verify(witness_dir=env.witness)
+    assert ok, lines
+    assert "audit log OK: 6 entries" in lines[0]
+    assert any("the newest 5 entries (from index 1)" in line for line in lines), lines
+    await log.record(download(9))  # the read-only reader did not disturb the writer
+
+
 async def test_fast_canonical_form_equals_rfc8785() -> None:
     patient = ev.patient_reference(INS, b"k" * 32)
     for n, action in enumerate(ev.AuditAction):
@@ -405,6 +424,22 @@ async def test_one_process_appends_at_a_time(env: Env, log: AuditLog) -> None:
     with pytest.raises(AuditUnavailable, match="another process"):
         await env.open()
     await log.record(download(1))  # the first one is unaffected
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"origin": "two words"},
+        {"origin": "a+b"},
+        {"checkpoint_every_events": 0},
+        {"checkpoint_every_seconds": 0},
+        {"retention_access_days": 0},
+    ],
+)
+def test_settings_are_checked(overrides: dict[str, object]) -> None:
+    values: dict[str, object] = {"origin": ORIGIN, **overrides}
+    with pytest.raises(ValueError):
+        AuditLogSettings(**values)  # type: ignore[arg-type]
 
 
 async def test_changing_the_origin_is_refused(env: Env) -> None:

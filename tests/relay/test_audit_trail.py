@@ -180,3 +180,28 @@ def test_unauthenticated_user_cannot_read_audit(relay: RelayProcess) -> None:
         assert error.code == 401
     else:
         raise AssertionError("audit trail readable without a session")
+
+
+async def test_command_line_admin_actions_reach_the_running_log(
+    http: aiohttp.ClientSession, relay: RelayProcess
+) -> None:
+    """`relais team add` while the server holds the log: handed over, then appended."""
+    import asyncio
+    import getpass
+
+    relais(relay.data_dir, "team", "add", "--address", "ssiad-est", "--name", "SSIAD Est",
+           "--kind", "service")
+    admin = await login(http, ADMIN.email)
+    found: list[dict[str, Any]] = []
+    for _ in range(50):
+        async with http.get("/api/audit/events", headers=bearer(admin), params={
+            "actor": f"cli:{getpass.getuser()}", "action": "team_changed"}) as response:
+            found = (await _json(response))["events"]
+        if found:
+            break
+        await asyncio.sleep(0.2)
+    assert found, "the CLI's audit event never reached the log"
+    event = found[-1]["event"]
+    assert f"cli:{getpass.getuser()}" in json.dumps(event["agent"])
+    result = relais(relay.data_dir, "audit", "verify", check=False)
+    assert result.returncode == 0, result.stdout

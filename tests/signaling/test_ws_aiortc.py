@@ -173,8 +173,11 @@ async def test_two_peers_then_a_third_form_a_mesh(
 ) -> None:
     physician = await login(http, PHYSICIAN.email)
     nurse = await login(http, NURSE.email)
-    consultation = await schedule(http, physician, [{"email": NURSE.email}, {"role": "patient",
-                                                    "display_name": "Mme Patiente"}])
+    consultation = await schedule(
+        http,
+        physician,
+        [{"email": NURSE.email}, {"role": "patient", "display_name": "Mme Patiente"}],
+    )
     cid = consultation["id"]
     path = f"/ws/consultations/{cid}"
     _, patient_token = link_of(consultation, "patient")
@@ -195,9 +198,11 @@ async def test_two_peers_then_a_third_form_a_mesh(
             for other in admitted["participants"]:
                 await patient.offer_to(other["participant_id"])
             await _until(
-                lambda: doctor.frames.get(patient.me, 0) >= FRAMES_WANTED
-                and patient.frames.get(doctor.me, 0) >= FRAMES_WANTED
-                and doctor.chat,
+                lambda: (
+                    doctor.frames.get(patient.me, 0) >= FRAMES_WANTED
+                    and patient.frames.get(doctor.me, 0) >= FRAMES_WANTED
+                    and doctor.chat
+                ),
                 20,
                 "video both ways and the data-channel greeting",
             )
@@ -216,9 +221,11 @@ async def test_two_peers_then_a_third_form_a_mesh(
                 for other in others:
                     await ide.offer_to(other)
                 await _until(
-                    lambda: all(ide.frames.get(o, 0) >= FRAMES_WANTED for o in others)
-                    and doctor.frames.get(ide.me, 0) >= FRAMES_WANTED
-                    and patient.frames.get(ide.me, 0) >= FRAMES_WANTED,
+                    lambda: (
+                        all(ide.frames.get(o, 0) >= FRAMES_WANTED for o in others)
+                        and doctor.frames.get(ide.me, 0) >= FRAMES_WANTED
+                        and patient.frames.get(ide.me, 0) >= FRAMES_WANTED
+                    ),
                     20,
                     "the three-way mesh",
                 )

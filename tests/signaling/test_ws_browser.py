@@ -37,7 +37,7 @@ def _wait_for_growing_video(page: Any, timeout: float = 20.0) -> int:
         time.sleep(0.2)
     assert first > 0, "no remote video received"
     time.sleep(1.0)
-    later = list(_inbound(page).values())[0]
+    later = next(iter(_inbound(page).values()))
     assert later > first, (first, later)
     return later
 

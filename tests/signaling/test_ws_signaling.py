@@ -19,7 +19,6 @@ from tests.conftest import bearer, login
 from tests.harness.accounts import NURSE, OTHER_NURSE, PHYSICIAN
 from tests.harness.relay_process import RelayProcess
 from tests.signaling.ws_harness import (
-    Json,
     Signaling,
     client_session,
     guest_pass,
@@ -106,8 +105,14 @@ async def test_waiting_room_admission_relay_and_chat(
         f"/api/audit/events?resource={cid}&limit=200", headers=bearer(admin)
     ) as response:
         actions = [e["action"] for e in (await response.json())["events"]]
-    for action in ("consultation_join", "consultation_admit", "consultation_consent",
-                   "consultation_leave", "message_sent", "login_succeeded"):
+    for action in (
+        "consultation_join",
+        "consultation_admit",
+        "consultation_consent",
+        "consultation_leave",
+        "message_sent",
+        "login_succeeded",
+    ):
         assert action in actions, (action, actions)
 
 
@@ -151,9 +156,7 @@ async def test_bad_input_is_answered_and_others_are_unaffected(
                     await guest.ws.send_str(frame)
                 assert await guest.closed() == code, frame[:20]
                 if error_code is not None:
-                    assert [m["code"] for m in guest.inbox if m["type"] == "error"] == [
-                        error_code
-                    ]
+                    assert [m["code"] for m in guest.inbox if m["type"] == "error"] == [error_code]
         # The doctor's socket is untouched and the server keeps serving.
         await doctor.send({"type": "ping", "ref": 7})
         assert (await doctor.expect("pong"))["ref"] == 7
@@ -223,9 +226,7 @@ async def test_refused_credentials_close_with_policy_violation(
                 assert await _refused(ws) == (code, 1008), (target, headers)
         # A professional who does not take part.
         outsider = await login(http, OTHER_NURSE.email)
-        async with stranger.ws_connect(
-            f"/ws/consultations/{cid}", headers=bearer(outsider)
-        ) as ws:
+        async with stranger.ws_connect(f"/ws/consultations/{cid}", headers=bearer(outsider)) as ws:
             assert await _refused(ws) == ("forbidden", 1008)
         # A cross-site page cannot ride a session.
         try:

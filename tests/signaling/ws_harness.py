@@ -99,15 +99,14 @@ class Signaling:
             left = deadline - asyncio.get_running_loop().time()
             if left <= 0:
                 raise AssertionError(f"no {kind} {match} within {timeout}s; got {self.inbox}")
-            message = await self._next(left)
-            if message is None:
+            received = await self._next(left)
+            if received is None:
                 raise AssertionError(
-                    f"socket closed ({self.close_frame_code}) waiting for {kind}; "
-                    f"got {self.inbox}"
+                    f"socket closed ({self.close_frame_code}) waiting for {kind}; got {self.inbox}"
                 )
-            if message["type"] == kind and all(message.get(k) == v for k, v in match.items()):
-                return message
-            self.inbox.append(message)
+            if received["type"] == kind and all(received.get(k) == v for k, v in match.items()):
+                return received
+            self.inbox.append(received)
 
     async def closed(self, timeout: float = 5.0) -> int | None:
         """Read until the server closes the socket; returns the code of its close frame.
@@ -142,12 +141,12 @@ class Signaling:
             if message["type"] in kinds:
                 return self.inbox.pop(i)
         while True:
-            message = await self._next(timeout)
-            if message is None:
+            received = await self._next(timeout)
+            if received is None:
                 raise AssertionError(f"socket closed waiting for {kinds}; got {self.inbox}")
-            if message["type"] in kinds:
-                return message
-            self.inbox.append(message)
+            if received["type"] in kinds:
+                return received
+            self.inbox.append(received)
 
 
 @asynccontextmanager
@@ -155,9 +154,7 @@ async def professional_socket(
     http: aiohttp.ClientSession, consultation_id: str, token: str
 ) -> AsyncIterator[Signaling]:
     """A professional's signaling socket (session as bearer token)."""
-    async with http.ws_connect(
-        f"/ws/consultations/{consultation_id}", headers=bearer(token)
-    ) as ws:
+    async with http.ws_connect(f"/ws/consultations/{consultation_id}", headers=bearer(token)) as ws:
         yield Signaling(ws)
 
 

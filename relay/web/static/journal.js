@@ -24,8 +24,13 @@ function when(value) {
 }
 
 function actorOf(event) {
-  const agent = event.event && event.event.agent && event.event.agent[0];
-  return agent && agent.who && agent.who.identifier ? agent.who.identifier.value : "";
+  // The requestor: account id (altId), else its RPPS or the system's name.
+  const agents = (event.event && event.event.agent) || [];
+  const agent = agents.find((a) => a.requestor) || agents[0];
+  if (!agent) return "";
+  if (agent.altId) return agent.altId;
+  const who = agent.who || {};
+  return (who.identifier && who.identifier.value) || who.display || "";
 }
 
 function fill(tbody, events, withActor) {
