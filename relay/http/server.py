@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import hashlib
+import json
 import logging
 import signal
 import socket
@@ -11,8 +14,10 @@ from datetime import timedelta
 
 from aiohttp import web
 
+from certs.ca import write_file_atomically
 from certs.expiry import expiry_warnings
 from certs.tls import client_ssl_context, server_ssl_context
+from relay.audit.events import Actor, AuditAction, AuditRecord, EntityRef, Outcome, ResourceKind
 from relay.audit.forwarder import SyslogForwarder
 from relay.config import Config
 from relay.datadir import DataDir
@@ -41,6 +46,7 @@ async def _serve(rt: Runtime, data: DataDir, config: Config) -> None:
         cert_path, key_path, client_ca_paths=client_cas if config.http.client_certificates else []
     )
     _warn_expiring(rt, data, config)
+    await _trace_configuration(rt, data, config)
     app = build_app(rt)
     runner = web.AppRunner(
         app,
@@ -53,6 +59,7 @@ async def _serve(rt: Runtime, data: DataDir, config: Config) -> None:
     await site.start()
     port = _bound_port(site, config.http.port)
     lag_task = asyncio.create_task(rt.metrics.watch_loop_lag())
+    retention_task = asyncio.create_task(_erase_expired_daily(rt))
     forwarder = _syslog_forwarder(rt, data, config)
     forwarder_task = asyncio.create_task(forwarder.run()) if forwarder is not None else None
     stop = asyncio.Event()
@@ -81,9 +88,52 @@ async def _serve(rt: Runtime, data: DataDir, config: Config) -> None:
             with contextlib.suppress(asyncio.CancelledError):
                 await forwarder_task
         lag_task.cancel()
+        retention_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await retention_task
         with contextlib.suppress(asyncio.CancelledError):
             await lag_task
     log.info("stopped")
+
+
+RETENTION_PERIOD_SECONDS = 24 * 3600
+CONFIG_DIGEST_FILE = "configuration.sha256"
+
+
+async def _trace_configuration(rt: Runtime, data: DataDir, config: Config) -> None:
+    """Record CONFIG_CHANGED when the effective configuration (file + environment) differs
+    from the one of the previous start; the digest names it without copying it."""
+    effective = json.dumps(dataclasses.asdict(config), sort_keys=True).encode()
+    digest = hashlib.sha256(effective).hexdigest()
+    marker = data.audit / CONFIG_DIGEST_FILE
+    previous = marker.read_text().strip() if marker.exists() else None
+    if previous == digest:
+        return
+    await rt.audit.record(
+        AuditRecord(
+            action=AuditAction.CONFIG_CHANGED,
+            outcome=Outcome.SUCCESS,
+            now=rt.clock(),
+            actor=Actor.system(config.server.node_name),
+            observer=config.server.node_name,
+            entities=(EntityRef(ResourceKind.CONFIGURATION, "relais.toml"),),
+            detail=(("sha256", digest),),
+        )
+    )
+    write_file_atomically(marker, f"{digest}\n".encode(), mode=0o600)
+
+
+async def _erase_expired_daily(rt: Runtime) -> None:
+    """Apply the audit retention periods at start and then once a day (CNIL: 6 months to
+    3 years): contents erased, commitments kept so that every proof still holds."""
+    while True:
+        try:
+            erased = await rt.audit.erase_expired(rt.clock())
+            if erased:
+                log.info("audit retention: %d event(s) erased", erased)
+        except Exception as exc:  # retried tomorrow; the log itself stays usable
+            log.error("audit retention pass failed: %s", type(exc).__name__)
+        await asyncio.sleep(RETENTION_PERIOD_SECONDS)
 
 
 def _syslog_forwarder(rt: Runtime, data: DataDir, config: Config) -> SyslogForwarder | None:

@@ -68,6 +68,7 @@ MAX_OUTBOX: Final = 1024
 HEARTBEAT_SECONDS: Final = 20.0
 """WebSocket ping interval: a silent peer (no pong) counts as dropped and enters its grace."""
 WRITER_GRACE_SECONDS: Final = 10.0
+DRAIN_POLL_SECONDS: Final = 0.25
 INTERNAL_ERROR: Final = 1011
 UNSUPPORTED_DATA: Final = 1003
 
@@ -451,7 +452,29 @@ def _hub(request: web.Request, service: Teleconsultation) -> SignalingHub:
                 clock=lambda: rt.clock().timestamp(),
             ),
         )
+        _DRAIN_WATCHERS[request.app] = asyncio.create_task(_close_when_draining(request.app, hub))
     return hub
+
+
+_DRAIN_WATCHERS: weakref.WeakKeyDictionary[web.Application, asyncio.Task[None]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+async def _close_when_draining(app: web.Application, hub: SignalingHub) -> None:
+    """Close the sockets (1001) as soon as the server starts draining on SIGTERM.
+
+    The graceful shutdown waits for in-flight requests *before* ``on_shutdown`` runs, and a
+    signaling socket is a request that lasts the whole call: without this, every stop would
+    wait the full shutdown timeout and then cut the calls without a close frame.
+    """
+    from relay.http.app import IN_FLIGHT  # late: relay.http.app imports this module
+
+    in_flight = app[IN_FLIGHT]
+    # InFlight exposes a flag, not an event, hence the (cheap) poll.
+    while not in_flight.draining:  # noqa: ASYNC110
+        await asyncio.sleep(DRAIN_POLL_SECONDS)
+    hub.close_all()
 
 
 async def _authenticate(

@@ -189,13 +189,25 @@ async def test_command_line_admin_actions_reach_the_running_log(
     import asyncio
     import getpass
 
-    relais(relay.data_dir, "team", "add", "--address", "ssiad-est", "--name", "SSIAD Est",
-           "--kind", "service")
+    relais(
+        relay.data_dir,
+        "team",
+        "add",
+        "--address",
+        "ssiad-est",
+        "--name",
+        "SSIAD Est",
+        "--kind",
+        "service",
+    )
     admin = await login(http, ADMIN.email)
     found: list[dict[str, Any]] = []
     for _ in range(50):
-        async with http.get("/api/audit/events", headers=bearer(admin), params={
-            "actor": f"cli:{getpass.getuser()}", "action": "team_changed"}) as response:
+        async with http.get(
+            "/api/audit/events",
+            headers=bearer(admin),
+            params={"actor": f"cli:{getpass.getuser()}", "action": "team_changed"},
+        ) as response:
             found = (await _json(response))["events"]
         if found:
             break

@@ -32,6 +32,12 @@ def test_nurse_logs_in_sees_home_and_logs_out(browser: Any, relay: RelayProcess)
         cookies = {c["name"]: c for c in context.cookies()}
         assert cookies["relais_session"]["httpOnly"] is True
         assert cookies["relais_session"]["secure"] is True
+        # The audit trail page lists this login.
+        page.click("text=Journal d'accès")
+        page.wait_for_url(f"{relay.url}/journal")
+        page.wait_for_selector("#own-events td:has-text('Connexion')")
+        page.go_back()
+        page.wait_for_selector("text=Bonjour Claire Martin")
         # The directory search works from the page.
         page.fill("#directory-q", "dermato")
         page.click("#directory-form button")

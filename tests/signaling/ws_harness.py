@@ -81,7 +81,10 @@ class Signaling:
         await self.ws.send_str(json.dumps(message))
 
     async def _next(self, timeout: float) -> Json | None:
-        msg = await self.ws.receive(timeout=timeout)
+        try:
+            msg = await self.ws.receive(timeout=timeout)
+        except TimeoutError:
+            raise AssertionError(f"nothing received within {timeout:.1f}s") from None
         if msg.type is aiohttp.WSMsgType.TEXT:
             data: Json = json.loads(msg.data)
             return data
