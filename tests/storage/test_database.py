@@ -28,7 +28,7 @@ async def test_failed_migration_applies_nothing(tmp_path: Path) -> None:
     (migrations / "0002_broken.sql").write_text(
         "CREATE TABLE b (x INTEGER); INSERT INTO missing VALUES (1);", encoding="utf-8"
     )
-    with pytest.raises(MigrationError, match="0002_broken.sql failed"):
+    with pytest.raises(MigrationError, match=r"0002_broken\.sql failed"):
         await Database.open(tmp_path / "x.db", migrations)
     conn = sqlite3.connect(tmp_path / "x.db")
     tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
@@ -65,6 +65,7 @@ async def test_read_only_database_raises_storage_error(tmp_path: Path) -> None:
     await db.run(lambda conn: conn.execute("PRAGMA query_only=ON"))
     with pytest.raises(StorageError, match="database unavailable"):
         await db.execute(
-            "INSERT INTO teams (id, address, name, kind, created_at) VALUES ('t', 'a', 'n', 'msp', 'x')"
+            "INSERT INTO teams (id, address, name, kind, created_at)"
+            " VALUES ('t', 'a', 'n', 'msp', 'x')"
         )
     await db.close()
