@@ -11,7 +11,12 @@ cd "$(dirname "$0")/.."
 #   rsyslog*      syslog-over-TLS collector for the audit forwarder
 #   coturn        TURN server for teleconsultation credentials
 #   openssl       certificate checks in tests
-PACKAGES=(redis-server chromium rsyslog rsyslog-openssl coturn openssl)
+#   dicom3tools   dciodvfy, validates exported DICOM wound photos
+#   dcmtk         dcmdump and the DICOM dictionary Orthanc needs
+#   orthanc*      a real PACS (DICOMweb STOW-RS) for the export tests
+#   util-linux    setpriv, to drop privileges in a permission test
+PACKAGES=(redis-server chromium rsyslog rsyslog-openssl coturn openssl dicom3tools dcmtk
+          orthanc orthanc-dicomweb util-linux)
 missing=()
 for package in "${PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" \
