@@ -41,6 +41,35 @@ class HttpSettings:
 class SmtpSettings:
     host: str = "127.0.0.1"
     port: int = 2525
+    max_message_bytes: int = 44_040_192
+    max_recipients: int = 50
+    allowed_sender_domains: str = ""
+    require_peer_certificate: bool = False
+    peer_certificate_fingerprints: str = ""
+    parser_workers: int = 0
+    smime_cert_file: str = ""
+    smime_key_file: str = ""
+    timeout_seconds: float = 300.0
+
+
+@dataclass(frozen=True)
+class OutboxSettings:
+    smarthost: str = ""
+    smarthost_port: int = 25
+    smarthost_ca_file: str = ""
+    client_cert_file: str = ""
+    client_key_file: str = ""
+    retry_initial_seconds: float = 60.0
+    retry_max_seconds: float = 3600.0
+    give_up_hours: float = 72.0
+    timeout_seconds: float = 60.0
+
+
+@dataclass(frozen=True)
+class MessagingSettings:
+    max_message_bytes: int = 31_457_280
+    guest_code_minutes: float = 15.0
+    guest_session_hours: float = 8.0
 
 
 @dataclass(frozen=True)
@@ -95,18 +124,38 @@ class AuditSettings:
 
 
 @dataclass(frozen=True)
+class TeleconsultationConfig:
+    turn_urls: str = ""
+    stun_urls: str = ""
+    turn_secret: str = ""
+    turn_lifetime_seconds: int = 600
+    grace_seconds: float = 30.0
+    max_participants: int = 6
+    max_waiting: int = 10
+    rate_per_second: float = 50.0
+    rate_burst: int = 200
+    link_hours_after_end: float = 4.0
+    guest_pass_minutes: float = 10.0
+    birth_date_max_failures: int = 5
+    birth_date_window_minutes: float = 15.0
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration; one attribute per ``[section]`` of relais.toml."""
 
     server: ServerSettings = field(default_factory=ServerSettings)
     http: HttpSettings = field(default_factory=HttpSettings)
     smtp: SmtpSettings = field(default_factory=SmtpSettings)
+    outbox: OutboxSettings = field(default_factory=OutboxSettings)
+    messaging: MessagingSettings = field(default_factory=MessagingSettings)
     tls: TlsSettings = field(default_factory=TlsSettings)
     database: DatabaseSettings = field(default_factory=DatabaseSettings)
     storage: StorageSettings = field(default_factory=StorageSettings)
     accounts: AccountSettings = field(default_factory=AccountSettings)
     bus: BusSettings = field(default_factory=BusSettings)
     audit: AuditSettings = field(default_factory=AuditSettings)
+    teleconsultation: TeleconsultationConfig = field(default_factory=TeleconsultationConfig)
 
 
 # Values that are not just "of the right type": checked after parsing.
@@ -114,7 +163,12 @@ _CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
     ("server", "log_level"): ("debug", "info", "warning", "error"),
     ("bus", "backend"): ("memory", "redis"),
 }
-_PORTS = {("http", "port"), ("smtp", "port"), ("audit", "syslog_port")}
+_PORTS = {
+    ("http", "port"),
+    ("smtp", "port"),
+    ("audit", "syslog_port"),
+    ("outbox", "smarthost_port"),
+}
 
 
 def _coerce(section: str, key: str, expected: Any, value: Any, *, from_env: bool) -> Any:

@@ -38,6 +38,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, Final
 
+from relay.config import TeleconsultationConfig
 from relay.errors import BadRequest, ConfigError, Conflict, NotFound, RelayError
 from relay.identifiers import validate_nir
 from relay.policy import Relation
@@ -77,7 +78,7 @@ __all__ = [
 
 @dataclass(frozen=True)
 class TeleconsultationSettings:
-    """Teleconsultation settings (to become the ``[teleconsultation]`` section of relais.toml).
+    """Teleconsultation settings, from the ``[teleconsultation]`` section of relais.toml.
 
     ``turn_secret`` empty: a secret is generated at first use into ``keys/turn.secret``
     (0600) and must then be given to coturn as its ``static-auth-secret``. No ``turn_urls``:
@@ -102,6 +103,29 @@ class TeleconsultationSettings:
     birth_date_window_minutes: float = 15.0
     max_records: int = 16
     """Participant records per consultation (the room's capacity limits who is present)."""
+
+    @classmethod
+    def from_config(cls, section: TeleconsultationConfig) -> TeleconsultationSettings:
+        """The ``[teleconsultation]`` section of relais.toml (URL lists are comma-separated)."""
+
+        def urls(text: str) -> tuple[str, ...]:
+            return tuple(u.strip() for u in text.split(",") if u.strip())
+
+        return cls(
+            turn_urls=urls(section.turn_urls),
+            stun_urls=urls(section.stun_urls),
+            turn_secret=section.turn_secret,
+            turn_lifetime_seconds=section.turn_lifetime_seconds,
+            grace_seconds=section.grace_seconds,
+            max_participants=section.max_participants,
+            max_waiting=section.max_waiting,
+            rate_per_second=section.rate_per_second,
+            rate_burst=section.rate_burst,
+            link_hours_after_end=section.link_hours_after_end,
+            guest_pass_minutes=section.guest_pass_minutes,
+            birth_date_max_failures=section.birth_date_max_failures,
+            birth_date_window_minutes=section.birth_date_window_minutes,
+        )
 
     def room_settings(self, turn_secret: str) -> RoomSettings:
         """The room's limits, with TURN credentials when TURN servers are configured."""

@@ -33,6 +33,13 @@ class Action(StrEnum):
     VIEW_CONSULTATION = "consultation.view"
     MANAGE_CONSULTATION = "consultation.manage"  # participants, join links
     JOIN_CONSULTATION = "consultation.join"  # professionals, over the signaling socket
+    START_THREAD = "message.start"  # a new thread of secure messages
+    VIEW_THREAD = "message.view"  # read a thread, its attachments, mark it read
+    POST_MESSAGE = "message.post"  # answer in a thread
+    CREATE_CASE = "case.create"  # a tele-expertise request (draft, submit)
+    VIEW_CASE = "case.view"  # read a case, its photos, its FHIR and DICOM exports
+    ACT_ON_CASE = "case.act"  # lifecycle events (the case core checks who may fire which)
+    VIEW_CASE_QUEUE = "case.queue"  # the specialists' queue of cases to take
 
 
 class Relation(StrEnum):
@@ -46,6 +53,8 @@ CLINICIANS = frozenset({Role.NURSE, Role.PHYSICIAN, Role.SPECIALIST, Role.COORDI
 ADMINS = frozenset({Role.ADMIN})
 NOBODY: frozenset[Role] = frozenset()
 CALL_PARTICIPANTS = frozenset({Role.NURSE, Role.PHYSICIAN, Role.SPECIALIST})
+CASE_PARTIES = frozenset({Role.NURSE, Role.PHYSICIAN, Role.SPECIALIST})
+DOCTORS = frozenset({Role.PHYSICIAN, Role.SPECIALIST})
 
 _ANY_RELATION = (Relation.OWNER, Relation.TEAM, Relation.NONE)
 
@@ -88,6 +97,35 @@ POLICY: Mapping[Action, Mapping[Relation, frozenset[Role]]] = {
         Relation.TEAM: CALL_PARTICIPANTS,
         Relation.NONE: NOBODY,
     },
+    # Messages: OWNER = takes part in the thread, TEAM = one of the caller's teams does
+    # (any member may read and answer for the team). Admins read no clinical content.
+    Action.START_THREAD: _same_for_all(CLINICIANS),
+    Action.VIEW_THREAD: {
+        Relation.OWNER: CLINICIANS,
+        Relation.TEAM: CLINICIANS,
+        Relation.NONE: NOBODY,
+    },
+    Action.POST_MESSAGE: {
+        Relation.OWNER: CLINICIANS,
+        Relation.TEAM: CLINICIANS,
+        Relation.NONE: NOBODY,
+    },
+    # Tele-expertise cases: OWNER = requester, named specialist or assignee; TEAM = a member
+    # of the team the requester shared the case with, or of the recipient team while the
+    # case is open to it. A specialist outside the recipient team, a nurse of another team:
+    # NONE, refused. Coordinators and admins read no case (clinical content).
+    Action.CREATE_CASE: _same_for_all(CASE_PARTIES),
+    Action.VIEW_CASE: {
+        Relation.OWNER: CASE_PARTIES,
+        Relation.TEAM: CASE_PARTIES,
+        Relation.NONE: NOBODY,
+    },
+    Action.ACT_ON_CASE: {
+        Relation.OWNER: CASE_PARTIES,
+        Relation.TEAM: CASE_PARTIES,
+        Relation.NONE: NOBODY,
+    },
+    Action.VIEW_CASE_QUEUE: _same_for_all(DOCTORS),
 }
 
 

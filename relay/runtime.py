@@ -21,6 +21,7 @@ from relay.audit.log import AuditLog, AuditLogSettings
 from relay.config import Config
 from relay.datadir import DataDir
 from relay.http.metrics import Metrics
+from relay.messaging.service import Messaging, load_reply_secret, open_messaging
 from relay.passwords import Passwords
 from relay.ratelimit import FailureLimiter
 from storage.blobs import BlobStore
@@ -48,6 +49,7 @@ class Runtime:
     ca: CertifiedKey
     trust_anchors: list[x509.Certificate]
     audit: AuditLog
+    messaging: Messaging
     metrics: Metrics
     account_failures: FailureLimiter
     address_failures: FailureLimiter
@@ -71,6 +73,15 @@ class Runtime:
         audit = await open_audit(data, config)
         acc = config.accounts
         window = acc.login_window_minutes * 60
+        messaging = open_messaging(
+            config=config,
+            reply_secret=await asyncio.to_thread(load_reply_secret, data.keys),
+            db=db,
+            blobs=blobs,
+            bus=bus,
+            patient_reference=audit.patient_reference,
+            public_url=public_url_of(config),
+        )
         return cls(
             config=config,
             data=data,
@@ -88,6 +99,7 @@ class Runtime:
             ca=ca,
             trust_anchors=anchors,
             audit=audit,
+            messaging=messaging,
             metrics=Metrics(config.server.node_name),
             account_failures=FailureLimiter(window, acc.login_max_failures_per_account),
             address_failures=FailureLimiter(window, acc.login_max_failures_per_address),
@@ -95,14 +107,19 @@ class Runtime:
 
     @property
     def public_url(self) -> str:
-        if self.config.server.public_url:
-            return self.config.server.public_url.rstrip("/")
-        return f"https://localhost:{self.config.http.port}"
+        return public_url_of(self.config)
 
     async def close(self) -> None:
         await self.audit.close()
         await self.bus.close()
         await self.db.close()
+
+
+def public_url_of(config: Config) -> str:
+    """The base URL put in links sent by mail."""
+    if config.server.public_url:
+        return config.server.public_url.rstrip("/")
+    return f"https://localhost:{config.http.port}"
 
 
 async def open_audit(data: DataDir, config: Config) -> AuditLog:

@@ -15,8 +15,10 @@ cd "$(dirname "$0")/.."
 #   dcmtk         dcmdump and the DICOM dictionary Orthanc needs
 #   orthanc*      a real PACS (DICOMweb STOW-RS) for the export tests
 #   util-linux    setpriv, to drop privileges in a permission test
+#   swaks         a real SMTP client (STARTTLS, client certificates) for the mail gateway;
+#                 libnet-ssleay-perl gives it TLS
 PACKAGES=(redis-server chromium rsyslog rsyslog-openssl coturn openssl dicom3tools dcmtk
-          orthanc orthanc-dicomweb util-linux)
+          orthanc orthanc-dicomweb util-linux swaks libnet-ssleay-perl)
 missing=()
 for package in "${PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" \

@@ -37,6 +37,7 @@ import types
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
+from json.encoder import encode_basestring
 from typing import Any, ClassVar, Final, TypeAlias, Union, get_args, get_origin, get_type_hints
 
 from signaling.errors import (
@@ -631,9 +632,27 @@ SERVER_MESSAGE_TYPES: Final[Mapping[str, type[ServerMessage]]] = {
 }
 
 # --- Codec ---------------------------------------------------------------------------------
+#
+# Every frame of a call goes through here twice (the sender's message parsed, the relayed one
+# serialised), so the per-class work is done once: each dataclass gets a decoder and, when its
+# fields are all scalars, a JSON text encoder, generated as straight-line Python from its
+# fields (as ``dataclasses`` generates ``__init__``). Field validators stay small closures
+# shared by every class.
 
 _Decoder: TypeAlias = Callable[[Any, str], Any]
 _Encoder: TypeAlias = Callable[[Any], Any]
+_ObjectDecoder: TypeAlias = Callable[[dict[str, Any], str], Any]
+_TextEncoder: TypeAlias = Callable[[Any], str]
+
+
+class _Scalar(StrEnum):
+    """How a scalar field is written as JSON text (``None``: a structured field)."""
+
+    STR = "str"
+    BOOL = "bool"
+    INT = "int"
+    FLOAT = "float"
+    ENUM = "enum"
 
 
 @dataclass(frozen=True)
@@ -641,8 +660,11 @@ class _FieldPlan:
     name: str
     key: str
     required: bool
+    default: Any
     decode: _Decoder
     encode: _Encoder
+    scalar: _Scalar | None
+    meta: Mapping[str, Any]
 
 
 def _decode_str(meta: Mapping[str, Any]) -> _Decoder:
@@ -711,19 +733,17 @@ def _decode_enum(enum_type: type[StrEnum]) -> _Decoder:
     return decode
 
 
-def _codec_for(tp: Any, meta: Mapping[str, Any]) -> tuple[_Decoder, _Encoder]:
-    """Decoder and encoder for one annotated type."""
+def _codec_for(tp: Any, meta: Mapping[str, Any]) -> tuple[_Decoder, _Encoder, _Scalar | None]:
+    """Decoder, encoder and scalar kind for one annotated type."""
     origin = get_origin(tp)
     if origin is Union or origin is types.UnionType:
+        # `X | None`: None never reaches a field codec (an absent or null field takes the
+        # default in the object decoder, a None field is omitted by the encoders).
         (inner,) = [arg for arg in get_args(tp) if arg is not type(None)]
-        inner_decode, inner_encode = _codec_for(inner, meta)
-        return (
-            lambda value, where: None if value is None else inner_decode(value, where),
-            lambda value: None if value is None else inner_encode(value),
-        )
+        return _codec_for(inner, meta)
     if origin is tuple:
         item_type, _ellipsis = get_args(tp)
-        item_decode, item_encode = _codec_for(item_type, meta)
+        item_decode, item_encode, _scalar = _codec_for(item_type, meta)
         max_items: int = meta.get("max_items", 64)
 
         def decode_tuple(value: Any, where: str) -> Any:
@@ -733,22 +753,23 @@ def _codec_for(tp: Any, meta: Mapping[str, Any]) -> tuple[_Decoder, _Encoder]:
                 raise FieldTooLarge(where, f"has more than {max_items} items")
             return tuple(item_decode(item, f"{where}[{i}]") for i, item in enumerate(value))
 
-        return decode_tuple, lambda value: [item_encode(item) for item in value]
+        return decode_tuple, lambda value: [item_encode(item) for item in value], None
     if tp is str:
-        return _decode_str(meta), _identity
+        return _decode_str(meta), _identity, _Scalar.STR
     if tp is bool:
-        return _decode_bool, _identity
+        return _decode_bool, _identity, _Scalar.BOOL
     if tp is int:
-        return _decode_int(meta), _identity
+        return _decode_int(meta), _identity, _Scalar.INT
     if tp is float:
-        return _decode_float, _identity
+        return _decode_float, _identity, _Scalar.FLOAT
     if isinstance(tp, type) and issubclass(tp, StrEnum):
-        return _decode_enum(tp), _enum_value
+        return _decode_enum(tp), _enum_value, _Scalar.ENUM
     if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         nested: type[Any] = tp
         return (
             lambda value, where: _decode_object(nested, value, f"{where}."),
             _encode_object,
+            None,
         )
     raise TypeError(f"no codec for {tp!r}")  # pragma: no cover - programming error
 
@@ -776,34 +797,102 @@ def _make_plan(cls: type[Any]) -> tuple[_FieldPlan, ...]:
     hints = get_type_hints(cls)
     plans = []
     for f in dataclasses.fields(cls):
-        decode, encode = _codec_for(hints[f.name], f.metadata)
-        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        if not f.init or f.kw_only or f.default_factory is not dataclasses.MISSING:
+            # The generated decoder passes every field positionally, defaults as constants.
+            raise TypeError(f"{cls.__name__}.{f.name}: unsupported field")  # pragma: no cover
+        decode, encode, scalar = _codec_for(hints[f.name], f.metadata)
         plans.append(
             _FieldPlan(
                 name=f.name,
                 key=f.metadata.get("json", f.name),
-                required=required,
+                required=f.default is dataclasses.MISSING,
+                default=None if f.default is dataclasses.MISSING else f.default,
                 decode=decode,
                 encode=encode,
+                scalar=scalar,
+                meta=f.metadata,
             )
         )
     return tuple(plans)
 
 
+def _compile(source: str, name: str, namespace: dict[str, Any]) -> Any:
+    """Define function ``name`` from generated ``source`` (built from our own dataclass fields
+    only: keys and constants are embedded with ``repr``, values are passed in ``namespace``)."""
+    exec(source, namespace)  # noqa: S102 - see the docstring: no outside input in the source
+    return namespace[name]
+
+
+_OBJECT_DECODERS: dict[type[Any], _ObjectDecoder] = {}
+
+
+def _valid_as_is(plan: _FieldPlan, i: int, namespace: dict[str, Any]) -> str | None:
+    """A Python test that ``raw`` is a value the field's decoder would return unchanged (a
+    subset of what it accepts), so the common case skips the call; anything else goes to the
+    decoder, which returns it or raises the precise error."""
+    meta = plan.meta
+    if plan.scalar is _Scalar.STR:
+        # ASCII text is valid UTF-8, so the decoder's surrogate check cannot fail on it.
+        test = "type(raw) is str and raw.isascii()"
+        if "max_len" in meta:
+            test += f" and len(raw) <= {int(meta['max_len'])}"
+        if "pattern" in meta:
+            namespace[f"pattern_{i}"] = meta["pattern"]
+            test += f" and pattern_{i}.fullmatch(raw) is not None"
+        return test
+    if plan.scalar is _Scalar.INT:
+        test = "type(raw) is int"
+        if "minimum" in meta:
+            test += f" and raw >= {int(meta['minimum'])}"
+        if "maximum" in meta:
+            test += f" and raw <= {int(meta['maximum'])}"
+        return test
+    if plan.scalar is _Scalar.BOOL:
+        return "raw is True or raw is False"
+    return None
+
+
+def _object_decoder(cls: type[Any]) -> _ObjectDecoder:
+    """``decode(obj, prefix)`` for a JSON object already known to be a dict: each field in
+    declaration order (so the first bad field is the one reported), then ``cls(...)``."""
+    decoder = _OBJECT_DECODERS.get(cls)
+    if decoder is not None:
+        return decoder
+    namespace: dict[str, Any] = {"cls": cls, "MissingField": MissingField}
+    lines = ["def decode(obj, prefix):"]
+    for i, plan in enumerate(_plan(cls)):
+        namespace[f"decode_{i}"] = plan.decode
+        key = repr(plan.key)
+        lines.append(f"    raw = obj.get({key})")
+        # Absent and null are the same for optional fields (null ones are omitted).
+        if plan.required:
+            lines.append("    if raw is None:")
+            lines.append(f"        raise MissingField(prefix + {key})")
+        else:
+            namespace[f"default_{i}"] = plan.default
+            lines.append("    if raw is None:")
+            lines.append(f"        raw = default_{i}")
+        test = _valid_as_is(plan, i, namespace)
+        if test is None:
+            call = f"decode_{i}(raw, prefix + {key})"
+        else:
+            call = f"raw if {test} else decode_{i}(raw, prefix + {key})"
+        if plan.required:
+            lines.append(f"    v{i} = {call}")
+        else:
+            lines.append("    else:")
+            lines.append(f"        raw = {call}")
+            lines.append(f"    v{i} = raw")
+    lines.append(f"    return cls({', '.join(f'v{i}' for i in range(len(_plan(cls))))})")
+    compiled: _ObjectDecoder = _compile("\n".join(lines), "decode", namespace)
+    _OBJECT_DECODERS[cls] = compiled
+    return compiled
+
+
 def _decode_object(cls: type[Any], value: Any, prefix: str) -> Any:
     if not isinstance(value, dict):
         raise InvalidField(prefix.rstrip(".") or "message", "must be a JSON object")
-    kwargs: dict[str, Any] = {}
-    for plan in _plan(cls):
-        where = prefix + plan.key
-        raw = value.get(plan.key)
-        if raw is None:
-            # Absent and null are the same for optional fields (null ones are omitted).
-            if plan.required:
-                raise MissingField(where)
-            continue
-        kwargs[plan.name] = plan.decode(raw, where)
-    return cls(**kwargs)
+    return _object_decoder(cls)(value, prefix)
 
 
 def _encode_object(obj: Any) -> dict[str, Any]:
@@ -820,6 +909,58 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
+# One decoder and one encoder for the process: json.loads/json.dumps build a new one on each
+# call as soon as an option is given.
+_DECODER: Final = json.JSONDecoder(parse_constant=_reject_constant)
+# The C scanner JSONDecoder.decode calls (set in JSONDecoder.__init__, not in typeshed).
+_SCAN: Final[Callable[[str, int], tuple[Any, int]]] = _DECODER.scan_once  # type: ignore[attr-defined]
+_ENCODER: Final = json.JSONEncoder(
+    ensure_ascii=False,
+    separators=(",", ":"),
+    check_circular=False,  # encoded dicts are built fresh from acyclic dataclasses
+)
+
+# JSON text of one scalar held in local ``v``: the exact-type fast path writes what the
+# encoder would (json.encoder's string escaping, int/float repr), anything else goes through
+# the encoder itself, so the output is json.dumps's in every case.
+_SCALAR_TEXT: Final[Mapping[_Scalar, str]] = {
+    _Scalar.STR: "(escape(v) if type(v) is str else encode(v))",
+    _Scalar.ENUM: "encode(v.value)",
+    _Scalar.BOOL: "('true' if v is True else 'false' if v is False else encode(v))",
+    _Scalar.INT: "(int_repr(v) if type(v) is int else encode(v))",
+    _Scalar.FLOAT: "(float_repr(v) if type(v) is float and isfinite(v) else encode(v))",
+}
+
+
+def _text_encoder(cls: type[Any]) -> _TextEncoder:
+    """``serialize`` for one message class: straight-line string building when every field
+    is a scalar, else the JSON encoder over ``to_json_object``."""
+    plans = _plan(cls)
+    if any(plan.scalar is None for plan in plans):
+        return lambda message: _ENCODER.encode(to_json_object(message))
+    namespace: dict[str, Any] = {
+        "escape": encode_basestring,
+        "encode": _ENCODER.encode,
+        "int_repr": int.__repr__,
+        "float_repr": float.__repr__,
+        "isfinite": math.isfinite,
+    }
+    head = '{"type":' + encode_basestring(cls.TYPE)
+    lines = ["def to_text(message):", f"    text = {head!r}"]
+    for plan in plans:
+        assert plan.scalar is not None
+        prefix = "," + encode_basestring(plan.key) + ":"
+        lines.append(f"    v = message.{plan.name}")
+        if plan.required:
+            lines.append(f"    text += {prefix!r} + {_SCALAR_TEXT[plan.scalar]}")
+        else:
+            lines.append("    if v is not None:")
+            lines.append(f"        text += {prefix!r} + {_SCALAR_TEXT[plan.scalar]}")
+    lines.append("    return text + '}'")
+    encoder: _TextEncoder = _compile("\n".join(lines), "to_text", namespace)
+    return encoder
+
+
 def _load(raw: str | bytes, max_bytes: int) -> tuple[str, dict[str, Any]]:
     # A str's UTF-8 length is at least its character count and at most four times it:
     # measure exactly only when the cheap bounds do not decide.
@@ -833,7 +974,14 @@ def _load(raw: str | bytes, max_bytes: int) -> tuple[str, dict[str, Any]]:
         raise MessageTooBig(f"message of {size} bytes exceeds the {max_bytes}-byte limit")
     try:
         text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
-        obj = json.loads(text, parse_constant=_reject_constant)
+        try:
+            # The scanner alone, for the usual frame without surrounding whitespace;
+            # anything else gets JSONDecoder.decode's own handling and errors.
+            obj, end = _SCAN(text, 0)
+        except StopIteration:
+            end = -1
+        if end != len(text):
+            obj = _DECODER.decode(text)
     except UnicodeDecodeError as exc:
         raise MalformedMessage("message is not valid UTF-8") from exc
     except (ValueError, RecursionError) as exc:
@@ -848,6 +996,18 @@ def _load(raw: str | bytes, max_bytes: int) -> tuple[str, dict[str, Any]]:
     return kind, obj
 
 
+_CLIENT_DECODERS: Final[Mapping[str, _ObjectDecoder]] = {
+    name: _object_decoder(cls) for name, cls in CLIENT_MESSAGE_TYPES.items()
+}
+_SERVER_DECODERS: Final[Mapping[str, _ObjectDecoder]] = {
+    name: _object_decoder(cls) for name, cls in SERVER_MESSAGE_TYPES.items()
+}
+_TEXT_ENCODERS: Final[Mapping[type[Any], _TextEncoder]] = {
+    cls: _text_encoder(cls)
+    for cls in (*CLIENT_MESSAGE_TYPES.values(), *SERVER_MESSAGE_TYPES.values())
+}
+
+
 def parse_client_message(
     raw: str | bytes, *, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
 ) -> ClientMessage:
@@ -858,10 +1018,10 @@ def parse_client_message(
     ``UnknownMessageType``, ``MissingField``, ``InvalidField``, ``FieldTooLarge`` (replies).
     """
     kind, obj = _load(raw, max_bytes)
-    cls = CLIENT_MESSAGE_TYPES.get(kind)
-    if cls is None:
+    decode = _CLIENT_DECODERS.get(kind)
+    if decode is None:
         raise UnknownMessageType(f"unknown message type '{kind[:40]}'")
-    message: ClientMessage = _decode_object(cls, obj, "")
+    message: ClientMessage = decode(obj, "")
     return message
 
 
@@ -871,10 +1031,10 @@ def parse_server_message(
     """Parse one server frame (for test clients and the aiortc peer); same errors as
     ``parse_client_message``."""
     kind, obj = _load(raw, max_bytes)
-    cls = SERVER_MESSAGE_TYPES.get(kind)
-    if cls is None:
+    decode = _SERVER_DECODERS.get(kind)
+    if decode is None:
         raise UnknownMessageType(f"unknown message type '{kind[:40]}'")
-    message: ServerMessage = _decode_object(cls, obj, "")
+    message: ServerMessage = decode(obj, "")
     return message
 
 
@@ -885,7 +1045,10 @@ def to_json_object(message: ClientMessage | ServerMessage) -> dict[str, Any]:
 
 def serialize(message: ClientMessage | ServerMessage) -> str:
     """The message as one compact JSON text frame (UTF-8 kept as is, not ``\\u``-escaped)."""
-    return json.dumps(to_json_object(message), ensure_ascii=False, separators=(",", ":"))
+    to_text = _TEXT_ENCODERS.get(type(message))
+    if to_text is None:  # pragma: no cover - every message class has one
+        return _ENCODER.encode(to_json_object(message))
+    return to_text(message)
 
 
 # --- JSON Schema (for the protocol page / OpenAPI components) ------------------------------

@@ -52,11 +52,12 @@ Rules (decisions documented here, see issue 6):
 from __future__ import annotations
 
 import hashlib
+import math
 import secrets
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from enum import Enum, StrEnum
-from typing import Final, TypeAlias, TypeVar, assert_never
+from typing import Any, Final, TypeAlias, TypeVar
 
 from signaling.errors import (
     AlreadyJoined,
@@ -76,6 +77,7 @@ from signaling.errors import (
     UnsupportedProtocol,
 )
 from signaling.messages import (
+    CLIENT_MESSAGE_TYPES,
     DEFAULT_MAX_MESSAGE_BYTES,
     ID_PATTERN,
     MAX_ID_CHARS,
@@ -442,6 +444,7 @@ class _Connection:
     peer_id: str
     identity: Identity
     bucket: _TokenBucket
+    permissions: frozenset[Permission]  # permissions_for(identity), looked up per message
     greeted: bool = False
     member: _Member | None = None
 
@@ -472,6 +475,10 @@ class Room:
         self._recording_requested = False
         self._recording_active = False
         self._out: list[Action] = []
+        self._out_audited = False  # whether _out holds an Audit (to be moved first)
+        # No grace period ends before this (may be early, never late): the per-frame
+        # expiry check is then one comparison.
+        self._next_expiry = math.inf
 
     # --- Inspection (read-only views for the adapter and tests) ----------------------------
 
@@ -550,7 +557,9 @@ class Room:
                 tokens=float(self.settings.rate_burst),
                 last=now,
             )
-            self._connections[peer_id] = _Connection(peer_id, identity, bucket)
+            self._connections[peer_id] = _Connection(
+                peer_id, identity, bucket, permissions_for(identity)
+            )
         return self._flush()
 
     def receive(self, peer_id: str, frame: str | bytes, now: float) -> list[Action]:
@@ -590,6 +599,7 @@ class Room:
             member.peer_id = None
             until = now + self.settings.grace_seconds
             member.drop_deadline = until
+            self._next_expiry = min(self._next_expiry, until)
             self._audit(AuditKind.DROP, member.participant_id, None, now, {"grace_until": until})
             if member.identity.is_professional:
                 for other in self._connected_members(exclude=member):
@@ -604,70 +614,50 @@ class Room:
     # --- Dispatch --------------------------------------------------------------------------
 
     def _dispatch(self, conn: _Connection, message: ClientMessage, now: float) -> None:
+        kind = type(message)
         try:
             phase = self._phase(conn)
-            if type(message) not in ALLOWED_MESSAGES[phase]:
+            if kind not in ALLOWED_MESSAGES[phase]:
                 if phase is Phase.AWAITING_HELLO:
                     raise HelloRequired("the first message must be 'hello'")
                 raise InvalidState(f"'{message.TYPE}' is not allowed while {phase.value}")
-            needed = REQUIRED_PERMISSION.get(type(message))
-            if needed is not None and needed not in permissions_for(conn.identity):
+            needed = REQUIRED_PERMISSION.get(kind)
+            if needed is not None and needed not in conn.permissions:
                 raise Forbidden(f"'{message.TYPE}' needs the '{needed.value}' permission")
-            self._apply(conn, message, now)
+            # Handlers validate everything before emitting or mutating anything, so an error
+            # raised by one leaves the room as it was.
+            _HANDLERS[kind](self, conn, message, now)
         except SignalingError as exc:
             self._fail(conn, exc, message.TYPE, now)
 
-    def _apply(self, conn: _Connection, message: ClientMessage, now: float) -> None:
-        # Handlers validate everything before emitting or mutating anything, so an error
-        # raised by one leaves the room as it was.
-        pid = conn.identity.participant_id
-        match message:
-            case Hello():
-                self._on_hello(conn, message)
-            case Join():
-                self._on_join(conn, now)
-            case Resume():
-                self._on_resume(conn, message, now)
-            case Offer():
-                self._relay(conn, message.to, RelayedOffer(sender=pid, sdp=message.sdp))
-            case Answer():
-                self._relay(conn, message.to, RelayedAnswer(sender=pid, sdp=message.sdp))
-            case Candidate():
-                relayed = RelayedCandidate(
-                    sender=pid,
-                    candidate=message.candidate,
-                    sdp_mid=message.sdp_mid,
-                    sdp_mline_index=message.sdp_mline_index,
-                    username_fragment=message.username_fragment,
-                )
-                self._relay(conn, message.to, relayed)
-            case Leave():
-                self._on_leave(conn, now)
-            case MediaState():
-                self._on_media_state(conn, message)
-            case Chat():
-                self._on_chat(conn, message, now)
-            case Ping():
-                self._send_to_peer(conn.peer_id, Pong(ref=message.ref))
-            case Consent():
-                self._on_consent(conn, message, now)
-            case Admit():
-                self._on_admit(conn, message, now)
-            case Remove():
-                self._on_remove(conn, message, now)
-            case End():
-                self._on_end(conn, now)
-            case RefreshTurn():
-                rtc, expires_at = self._rtc(pid, now)
-                self._send_to_peer(conn.peer_id, TurnCredentials(rtc, expires_at))
-            case Record():
-                self._on_record(conn, message, now)
-            case _:  # pragma: no cover - exhaustiveness checked by mypy
-                assert_never(message)
+    # --- Handlers (one per client message type, see _HANDLERS) -----------------------------
 
-    # --- Handlers --------------------------------------------------------------------------
+    def _on_offer(self, conn: _Connection, message: Offer, now: float) -> None:
+        relayed = RelayedOffer(conn.identity.participant_id, message.sdp)
+        self._relay(conn, message.to, relayed)
 
-    def _on_hello(self, conn: _Connection, message: Hello) -> None:
+    def _on_answer(self, conn: _Connection, message: Answer, now: float) -> None:
+        relayed = RelayedAnswer(conn.identity.participant_id, message.sdp)
+        self._relay(conn, message.to, relayed)
+
+    def _on_candidate(self, conn: _Connection, message: Candidate, now: float) -> None:
+        relayed = RelayedCandidate(
+            conn.identity.participant_id,
+            message.candidate,
+            message.sdp_mid,
+            message.sdp_mline_index,
+            message.username_fragment,
+        )
+        self._relay(conn, message.to, relayed)
+
+    def _on_ping(self, conn: _Connection, message: Ping, now: float) -> None:
+        self._send_to_peer(conn.peer_id, Pong(ref=message.ref))
+
+    def _on_refresh_turn(self, conn: _Connection, message: RefreshTurn, now: float) -> None:
+        rtc, expires_at = self._rtc(conn.identity.participant_id, now)
+        self._send_to_peer(conn.peer_id, TurnCredentials(rtc, expires_at))
+
+    def _on_hello(self, conn: _Connection, message: Hello, now: float) -> None:
         if message.protocol not in SUPPORTED_PROTOCOLS:
             raise UnsupportedProtocol(
                 f"protocol {message.protocol} is not supported; this server speaks "
@@ -677,7 +667,7 @@ class Room:
         conn.greeted = True
         self._send_to_peer(conn.peer_id, Welcome(PROTOCOL_VERSION, self.settings.max_message_bytes))
 
-    def _on_join(self, conn: _Connection, now: float) -> None:
+    def _on_join(self, conn: _Connection, message: Join, now: float) -> None:
         identity = conn.identity
         pid = identity.participant_id
         previous = self._members.get(pid)
@@ -755,10 +745,10 @@ class Room:
             for other in self._connected_members(exclude=member):
                 self._send(other, HostReturned(pid))
 
-    def _on_leave(self, conn: _Connection, now: float) -> None:
+    def _on_leave(self, conn: _Connection, message: Leave, now: float) -> None:
         self._close_connection(conn, CloseCode.NORMAL, "left", now, LeaveReason.LEFT)
 
-    def _on_end(self, conn: _Connection, now: float) -> None:
+    def _on_end(self, conn: _Connection, message: End, now: float) -> None:
         member = conn.member
         assert member is not None  # only admitted sockets may send `end` (ALLOWED_MESSAGES)
         others = [
@@ -832,7 +822,7 @@ class Room:
             raise PeerUnavailable(f"participant '{to}' is reconnecting")
         self._send_to_peer(target.peer_id, message)
 
-    def _on_media_state(self, conn: _Connection, message: MediaState) -> None:
+    def _on_media_state(self, conn: _Connection, message: MediaState, now: float) -> None:
         member = conn.member
         assert member is not None
         member.audio, member.video = message.audio, message.video
@@ -929,9 +919,15 @@ class Room:
             self._remove_member(member, leave, now, actor=None)
 
     def _expire(self, now: float) -> None:
+        if now < self._next_expiry:
+            return  # the common case: called on every frame
         for member in list(self._members.values()):
             if member.drop_deadline is not None and member.drop_deadline <= now:
                 self._remove_member(member, LeaveReason.TIMEOUT, now, actor=None)
+        self._next_expiry = min(
+            (m.drop_deadline for m in self._members.values() if m.drop_deadline is not None),
+            default=math.inf,
+        )
 
     def _update_recording(
         self, now: float, *, exclude: _Member | None = None, announce: bool = False
@@ -1072,6 +1068,7 @@ class Room:
         detail: Mapping[str, AuditValue] | None = None,
     ) -> None:
         self._out.append(Audit(kind, self.consultation_id, actor, subject, now, dict(detail or {})))
+        self._out_audited = True
 
     def _fail(
         self, conn: _Connection, error: SignalingError, message_type: str | None, now: float
@@ -1107,7 +1104,33 @@ class Room:
 
     def _flush(self) -> list[Action]:
         out, self._out = self._out, []
-        audits = [a for a in out if isinstance(a, Audit)]
-        if not audits:
+        if not self._out_audited:
             return out
+        self._out_audited = False
+        audits = [a for a in out if isinstance(a, Audit)]
         return audits + [a for a in out if not isinstance(a, Audit)]
+
+
+_Handler: TypeAlias = Callable[[Room, _Connection, Any, float], None]
+
+_HANDLERS: Final[Mapping[type[ClientMessage], _Handler]] = {
+    # The relay first: a dict lookup, not a chain of isinstance tests.
+    Offer: Room._on_offer,
+    Answer: Room._on_answer,
+    Candidate: Room._on_candidate,
+    Hello: Room._on_hello,
+    Join: Room._on_join,
+    Resume: Room._on_resume,
+    Leave: Room._on_leave,
+    MediaState: Room._on_media_state,
+    Chat: Room._on_chat,
+    Ping: Room._on_ping,
+    Consent: Room._on_consent,
+    Admit: Room._on_admit,
+    Remove: Room._on_remove,
+    End: Room._on_end,
+    RefreshTurn: Room._on_refresh_turn,
+    Record: Room._on_record,
+}
+if set(_HANDLERS) != set(CLIENT_MESSAGE_TYPES.values()):  # pragma: no cover
+    raise RuntimeError("every client message type needs exactly one handler")

@@ -198,6 +198,12 @@ class AuditAction(StrEnum):
     CONSULTATION_CONSENT = "consultation_consent"
     CONSULTATION_RECORDING_START = "consultation_recording_start"
     CONSULTATION_RECORDING_STOP = "consultation_recording_stop"
+    CONSULTATION_SCHEDULED = "consultation_scheduled"
+    CONSULTATION_READ = "consultation_read"
+    CONSULTATION_UPDATED = "consultation_updated"  # participants added
+    CONSULTATION_LINK_CHANGED = "consultation_link_changed"  # join link issued / revoked
+    CONSULTATION_ENDED = "consultation_ended"
+    CONSULTATION_CHAT = "consultation_chat"  # length only, never the text
     ACCOUNT_CREATED = "account_created"
     CREDENTIALS_CHANGED = "credentials_changed"  # password, second factor, certificate
     ROLE_CHANGED = "role_changed"
@@ -252,6 +258,14 @@ ACTIONS: Final[Mapping[AuditAction, ActionSpec]] = MappingProxyType(
         AuditAction.CONSULTATION_CONSENT: ActionSpec(PATIENT_RECORD, None, _C),
         AuditAction.CONSULTATION_RECORDING_START: ActionSpec(PATIENT_RECORD, None, _C),
         AuditAction.CONSULTATION_RECORDING_STOP: ActionSpec(PATIENT_RECORD, None, _U),
+        AuditAction.CONSULTATION_SCHEDULED: ActionSpec(PATIENT_RECORD, None, _C),
+        AuditAction.CONSULTATION_READ: ActionSpec(PATIENT_RECORD, None, _R),
+        AuditAction.CONSULTATION_UPDATED: ActionSpec(PATIENT_RECORD, None, _U),
+        AuditAction.CONSULTATION_LINK_CHANGED: ActionSpec(
+            SECURITY_ALERT, USER_SECURITY_ATTRIBUTES_CHANGED, _E
+        ),
+        AuditAction.CONSULTATION_ENDED: ActionSpec(PATIENT_RECORD, None, _U),
+        AuditAction.CONSULTATION_CHAT: ActionSpec(PATIENT_RECORD, None, _C),
         AuditAction.ACCOUNT_CREATED: ActionSpec(
             SECURITY_ALERT, USER_SECURITY_ATTRIBUTES_CHANGED, _E
         ),
@@ -292,6 +306,7 @@ class ResourceKind(StrEnum):
     PHOTO = "photo"
     CASE = "case"
     CONSULTATION = "consultation"
+    PARTICIPANT = "participant"  # a consultation participant, id "<consultation>:<participant>"
     RECORDING = "recording"
     CONSENT = "consent"
     MAIL = "mail"
@@ -315,6 +330,7 @@ _RESOURCES: Final[Mapping[ResourceKind, tuple[str | None, tuple[str, str]]]] = M
         ResourceKind.PHOTO: ("Media", _DOMAIN_RESOURCE),
         ResourceKind.CASE: ("Task", _DOMAIN_RESOURCE),
         ResourceKind.CONSULTATION: ("Encounter", _DOMAIN_RESOURCE),
+        ResourceKind.PARTICIPANT: (None, _DOMAIN_RESOURCE),
         ResourceKind.RECORDING: ("Media", _DOMAIN_RESOURCE),
         ResourceKind.CONSENT: ("Consent", _DOMAIN_RESOURCE),
         ResourceKind.MAIL: (None, _DOMAIN_RESOURCE),

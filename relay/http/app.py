@@ -16,15 +16,20 @@ from relay.errors import Forbidden, NotFound, PayloadTooLarge, RelayError, Unaut
 from relay.http import (
     admin,
     audit,
+    cases,
     consultation_page,
     consultations,
     directory,
+    events_ws,
     files,
+    guest,
     health,
+    messages,
     pages,
     session,
     signaling_ws,
     trail,
+    uploads,
 )
 from relay.http.context import CALLER, RUNTIME, SESSION_COOKIE, Caller, runtime, session_token
 from relay.http.jsonio import error_response, json_response
@@ -58,6 +63,11 @@ def all_routes() -> list[Route]:
         *consultations.ROUTES,
         *consultation_page.ROUTES,
         *signaling_ws.ROUTES,
+        *messages.ROUTES,
+        *events_ws.ROUTES,
+        *guest.ROUTES,
+        *uploads.ROUTES,
+        *cases.ROUTES,
     ]
     routes.append(
         Route(

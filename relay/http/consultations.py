@@ -45,7 +45,7 @@ from relay.ratelimit import FailureLimiter
 from signaling import messages
 from signaling.errors import CloseCode
 
-GUEST_COOKIE: Final = "relais_guest"
+GUEST_COOKIE: Final = "relais_consultation_guest"
 
 
 @dataclass
@@ -68,7 +68,7 @@ async def teleconsultation(request: web.Request) -> Teleconsultation:
     found = _SERVICES.get(request.app)
     if found is None:
         rt = runtime(request)
-        settings = TeleconsultationSettings()
+        settings = TeleconsultationSettings.from_config(rt.config.teleconsultation)
         loaded = await asyncio.to_thread(load_secrets, rt.data.keys, settings)
         found = _SERVICES.setdefault(
             request.app,
@@ -135,7 +135,7 @@ def _consultation_ref(c: Consultation) -> EntityRef:
 
 def _participant_ref(c: Consultation, p: Participant) -> EntityRef:
     # No participant resource kind yet: "<consultation>:<participant>" names one.
-    return EntityRef(ResourceKind.CONSULTATION, f"{c.id}:{p.id}")
+    return EntityRef(ResourceKind.PARTICIPANT, f"{c.id}:{p.id}")
 
 
 # --- Handlers ------------------------------------------------------------------------------
@@ -163,7 +163,7 @@ async def schedule(request: web.Request) -> web.StreamResponse:
     created = await service.store.create(new, who.id, patient_ref, service.secrets.links, now)
     await trail.record(
         request,
-        AuditAction.CASE_TRANSITION,
+        AuditAction.CONSULTATION_SCHEDULED,
         entities=(_consultation_ref(created),),
         patient=patient_ref,
         detail=(("to_state", "scheduled"), ("count", str(len(created.participants)))),
@@ -184,7 +184,7 @@ async def list_mine(request: web.Request) -> web.StreamResponse:
     found = await service.store.list_for(who.id, limit=LIST_LIMIT)
     await trail.record(
         request,
-        AuditAction.CASE_READ,
+        AuditAction.CONSULTATION_READ,
         entities=tuple(_consultation_ref(c) for c in found),
         detail=(("count", str(len(found))),),
     )
@@ -200,7 +200,7 @@ async def show(request: web.Request) -> web.StreamResponse:
     service, consultation = await _load_for(request, Action.VIEW_CONSULTATION)
     await trail.record(
         request,
-        AuditAction.CASE_READ,
+        AuditAction.CONSULTATION_READ,
         entities=(_consultation_ref(consultation),),
         patient=consultation.patient_ref,
     )
@@ -218,7 +218,7 @@ async def add_participant(request: web.Request) -> web.StreamResponse:
     )
     await trail.record(
         request,
-        AuditAction.CASE_TRANSITION,
+        AuditAction.CONSULTATION_UPDATED,
         entities=(_consultation_ref(updated), _participant_ref(updated, participant)),
         patient=updated.patient_ref,
         detail=(("reason", "participant_added"),),
@@ -233,7 +233,7 @@ async def _set_link(request: web.Request, *, active: bool) -> tuple[Teleconsulta
     )
     await trail.record(
         request,
-        AuditAction.CREDENTIALS_CHANGED,
+        AuditAction.CONSULTATION_LINK_CHANGED,
         entities=(_consultation_ref(updated), _participant_ref(updated, participant)),
         patient=updated.patient_ref,
         detail=(("reason", "join_link_issued" if active else "join_link_revoked"),),
@@ -378,7 +378,7 @@ async def protocol(request: web.Request) -> web.StreamResponse:
             "authentication": (
                 "Professionals: their session (cookie or Authorization: Bearer) at the "
                 "upgrade. Patients and guests: POST /api/consultations/{id}/join with the "
-                "join token (from the link's #t= fragment) sets the relais_guest cookie; "
+                f"join token (from the link's #t= fragment) sets the {GUEST_COOKIE} cookie; "
                 "then open the socket with ?as=guest. Tokens never appear in URLs."
             ),
             "close_codes": CLOSE_CODES,

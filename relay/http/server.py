@@ -22,6 +22,8 @@ from relay.audit.forwarder import SyslogForwarder
 from relay.config import Config
 from relay.datadir import DataDir
 from relay.http.app import IN_FLIGHT, build_app
+from relay.http.cases import run_scheduler as run_case_scheduler
+from relay.mail.service import MailService
 from relay.runtime import Runtime
 
 log = logging.getLogger("relais")
@@ -55,11 +57,25 @@ async def _serve(rt: Runtime, data: DataDir, config: Config) -> None:
         handle_signals=False,
     )
     await runner.setup()
+    # SMTP first: once HTTPS answers (health checks), the whole relay is up.
+    mail = MailService(rt, data)
+    try:
+        await mail.start()
+    except BaseException:
+        await mail.stop(grace=0)
+        await runner.cleanup()
+        raise
     site = web.TCPSite(runner, config.http.host, config.http.port, ssl_context=ssl_context)
-    await site.start()
+    try:
+        await site.start()
+    except BaseException:
+        await mail.stop(grace=0)
+        await runner.cleanup()
+        raise
     port = _bound_port(site, config.http.port)
     lag_task = asyncio.create_task(rt.metrics.watch_loop_lag())
     retention_task = asyncio.create_task(_erase_expired_daily(rt))
+    case_scheduler_task = asyncio.create_task(run_case_scheduler(rt))
     forwarder = _syslog_forwarder(rt, data, config)
     forwarder_task = asyncio.create_task(forwarder.run()) if forwarder is not None else None
     stop = asyncio.Event()
@@ -70,15 +86,18 @@ async def _serve(rt: Runtime, data: DataDir, config: Config) -> None:
     log.info("listening on https://%s:%d", config.http.host, port)
     print(f"Relais Santé écoute sur {url}/ (HTTPS, port {port})", flush=True)
     print(f"  Certificat de l'autorité locale : {data.ca_cert}", flush=True)
+    print(f"  Passerelle SMTP (STARTTLS) : port {mail.port}", flush=True)
     try:
         await stop.wait()
         log.info("stopping: no new connections; waiting for in-flight requests")
         await site.stop()
+        await mail.stop(grace=config.server.shutdown_timeout_seconds)
         if not await app[IN_FLIGHT].drained(config.server.shutdown_timeout_seconds):
             log.warning("in-flight requests still running after the shutdown timeout")
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
+        await mail.stop(grace=config.server.shutdown_timeout_seconds)  # no-op when stopped
         # cleanup() stops accepting, lets in-flight requests finish (shutdown_timeout),
         # then closes connections; only then are the stores closed by the caller.
         await runner.cleanup()
@@ -89,6 +108,9 @@ async def _serve(rt: Runtime, data: DataDir, config: Config) -> None:
                 await forwarder_task
         lag_task.cancel()
         retention_task.cancel()
+        case_scheduler_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await case_scheduler_task
         with contextlib.suppress(asyncio.CancelledError):
             await retention_task
         with contextlib.suppress(asyncio.CancelledError):

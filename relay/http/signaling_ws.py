@@ -345,12 +345,12 @@ _AUDIT: Final = {
     AuditKind.DROP: (AuditAction.CONSULTATION_LEAVE, "dropped"),
     AuditKind.LEAVE: (AuditAction.CONSULTATION_LEAVE, "left"),
     AuditKind.REMOVE: (AuditAction.CONSULTATION_REMOVE, "removed"),
-    AuditKind.END: (AuditAction.CONSULTATION_LEAVE, "consultation_ended"),
+    AuditKind.END: (AuditAction.CONSULTATION_ENDED, "consultation_ended"),
     AuditKind.CONSENT: (AuditAction.CONSULTATION_CONSENT, "consent"),
     AuditKind.RECORDING_REQUEST: (AuditAction.CONSULTATION_RECORDING_START, "requested"),
     AuditKind.RECORDING_START: (AuditAction.CONSULTATION_RECORDING_START, "all_consented"),
     AuditKind.RECORDING_STOP: (AuditAction.CONSULTATION_RECORDING_STOP, "stopped"),
-    AuditKind.CHAT: (AuditAction.MESSAGE_SENT, "chat"),
+    AuditKind.CHAT: (AuditAction.CONSULTATION_CHAT, "chat"),
     AuditKind.REFUSED: (AuditAction.ACCESS_DENIED, "refused"),
 }
 

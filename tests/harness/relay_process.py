@@ -60,6 +60,8 @@ class RelayProcess:
     extra_env: dict[str, str] = field(default_factory=dict)
     process: subprocess.Popen[str] | None = None
     log_path: Path | None = None
+    # Every relay also listens for SMTP: a free port each, so that relays run side by side.
+    smtp_port: int = field(default_factory=free_port)
 
     @property
     def url(self) -> str:
@@ -75,7 +77,12 @@ class RelayProcess:
         return context
 
     def start(self, timeout: float = 60.0) -> None:
-        env = {**_base_env(), **self.extra_env, "RELAIS_HTTP_PORT": str(self.port)}
+        env = {
+            **_base_env(),
+            "RELAIS_SMTP_PORT": str(self.smtp_port),
+            **self.extra_env,
+            "RELAIS_HTTP_PORT": str(self.port),
+        }
         self.log_path = self.data_dir.parent / f"relay-{self.port}.log"
         log = self.log_path.open("a")
         self.process = subprocess.Popen(

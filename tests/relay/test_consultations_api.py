@@ -9,6 +9,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
+from relay.http.consultations import GUEST_COOKIE
 from signaling.messages import Role
 from signaling.tokens import issue_join_token
 from tests.conftest import bearer, login
@@ -187,7 +188,7 @@ async def test_join_link_reissue_and_revocation(
             "role": "guest",
             "display_name": "Marc (fils)",
         }
-        cookie = next(c for c in guest.cookie_jar if c.key == "relais_guest")
+        cookie = next(c for c in guest.cookie_jar if c.key == GUEST_COOKIE)
         assert cookie["httponly"] and cookie["secure"]
         assert cookie["path"] == f"/ws/consultations/{cid}"
         assert cookie["samesite"] == "Strict"
@@ -269,7 +270,7 @@ async def test_bad_tokens_are_refused_precisely(
                 guest, f"/api/consultations/{cid}/join", None, {"token": bad}
             )
             assert (answer_status, answer["error"]["code"]) == (status, code)
-        assert not [c for c in guest.cookie_jar if c.key == "relais_guest"]
+        assert not [c for c in guest.cookie_jar if c.key == GUEST_COOKIE]
     admin = await login(http, ADMIN.email)
     status, found = await _get(
         http, f"/api/audit/events?resource={first['id']}&action=login_failed", admin

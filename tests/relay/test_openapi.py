@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import aiohttp
 
 from relay.http.app import all_routes
@@ -21,9 +23,12 @@ async def test_openapi_lists_exactly_the_api_routes(http: aiohttp.ClientSession)
     assert documented == served
     # Every documented route answers something other than 404/405 on the live server.
     for method, path in sorted(documented):
-        url = path.replace("{id}", "x")
+        url = re.sub(r"\{[^}]+\}", "x", path)
         async with http.request(method, url) as answer:
-            assert answer.status not in (404, 405) or "{id}" in path, (method, path)
+            # A 404 for an unknown id is a JSON error of ours, not the router's.
+            assert answer.status != 405, (method, path)
+            if answer.status == 404:
+                assert "{" in path, (method, path)
     for path, operations in document["paths"].items():
         for operation in operations.values():
             assert operation["responses"], path

@@ -29,6 +29,13 @@ EXPECTED: dict[Action, dict[Relation, set[Role]]] = {
     Action.VIEW_CONSULTATION: {OWN: {N, P, S, C}, TEAM: {N, P, S, C}, NO: set()},
     Action.MANAGE_CONSULTATION: {OWN: {N, P, S, C}, TEAM: {N, P, S, C}, NO: set()},
     Action.JOIN_CONSULTATION: {OWN: {N, P, S}, TEAM: {N, P, S}, NO: set()},
+    Action.START_THREAD: {OWN: {N, P, S, C}, TEAM: {N, P, S, C}, NO: {N, P, S, C}},
+    Action.VIEW_THREAD: {OWN: {N, P, S, C}, TEAM: {N, P, S, C}, NO: set()},
+    Action.POST_MESSAGE: {OWN: {N, P, S, C}, TEAM: {N, P, S, C}, NO: set()},
+    Action.CREATE_CASE: {OWN: {N, P, S}, TEAM: {N, P, S}, NO: {N, P, S}},
+    Action.VIEW_CASE: {OWN: {N, P, S}, TEAM: {N, P, S}, NO: set()},
+    Action.ACT_ON_CASE: {OWN: {N, P, S}, TEAM: {N, P, S}, NO: set()},
+    Action.VIEW_CASE_QUEUE: {OWN: {P, S}, TEAM: {P, S}, NO: {P, S}},
 }
 
 
@@ -66,4 +73,11 @@ def test_every_api_route_declares_an_action() -> None:
                 "/api/openapi.json",
                 "/api/consultations/protocol.json",
                 "/api/consultations/{id}/join",
+                # The guest view authenticates by its own one-time code and cookie.
+                "/api/guest/{id}/code",
+                "/api/guest/{id}/session",
+                "/api/guest/thread",
+                "/api/guest/attachments/{id}",
+                "/api/guest/messages",
+                "/api/mail/certificate",
             }, route.path

@@ -13,6 +13,7 @@ from pathlib import Path
 import aiohttp
 
 from relay.consultations import ConsultationSecrets
+from relay.http.consultations import GUEST_COOKIE
 from signaling.messages import Role
 from signaling.tokens import issue_join_token
 from tests.conftest import bearer, login
@@ -110,7 +111,7 @@ async def test_waiting_room_admission_relay_and_chat(
         "consultation_admit",
         "consultation_consent",
         "consultation_leave",
-        "message_sent",
+        "consultation_chat",
         "login_succeeded",
     ):
         assert action in actions, (action, actions)
@@ -204,14 +205,14 @@ async def test_refused_credentials_close_with_policy_violation(
     )
     async with client_session(relay) as patient:
         await guest_pass(patient, cid, patient_token)
-        real_pass = next(c.value for c in patient.cookie_jar if c.key == "relais_guest")
+        real_pass = next(c.value for c in patient.cookie_jar if c.key == GUEST_COOKIE)
     forged_pass = real_pass[:-3] + ("abc" if not real_pass.endswith("abc") else "abd")
     cases = [
         (cid, {}, "token_invalid"),  # no pass at all
-        (cid, {"Cookie": f"relais_guest={forged_pass}"}, "token_forged"),
-        (cid, {"Cookie": f"relais_guest={expired_pass}"}, "token_expired"),
+        (cid, {"Cookie": f"{GUEST_COOKIE}={forged_pass}"}, "token_forged"),
+        (cid, {"Cookie": f"{GUEST_COOKIE}={expired_pass}"}, "token_expired"),
         # The patient's pass presented on another consultation.
-        (second["id"], {"Cookie": f"relais_guest={real_pass}"}, "token_wrong_consultation"),
+        (second["id"], {"Cookie": f"{GUEST_COOKIE}={real_pass}"}, "token_wrong_consultation"),
         (cid, {"Authorization": "Bearer not-a-session"}, "session_expired"),
         ("unknown", {}, "not_found"),
     ]

@@ -11,6 +11,7 @@
     physician: "Médecin", nurse: "Infirmier·e", specialist: "Spécialiste",
     patient: "Patient·e", interpreter: "Interprète", guest: "Invité·e",
   };
+  const RECORDER_AVAILABLE = false;
   const STEPS = ["birth-step", "check-step", "waiting-step", "call-step", "end-step"];
 
   const state = {
@@ -78,7 +79,10 @@
       body: JSON.stringify(body),
     });
     const data = await response.json().catch(() => ({}));
-    if (response.ok) return data;
+    if (response.ok) {
+      $("who").textContent = data.participant.display_name;
+      return data;
+    }
     const error = data.error || { code: "error", message: "Le lien n'a pas pu être vérifié." };
     if (error.code === "birth_date_required" || error.code === "birth_date_mismatch") {
       show("birth-step");
@@ -95,9 +99,7 @@
     state.token = readToken();
     state.guest = Boolean(state.token);
     if (state.guest) {
-      const pass = await guestPass();
-      if (!pass) return;
-      $("who").textContent = pass.participant.display_name;
+      if (!(await guestPass())) return;
     } else {
       const response = await fetch("/api/me", { credentials: "same-origin" });
       if (response.status === 401) {
@@ -155,6 +157,12 @@
   $("join").addEventListener("click", () => {
     $("join").disabled = true;
     $("local-video").srcObject = state.stream;
+    if (!$("consent-video").checked) {
+      // No consent to video: join with the camera off (voice and chat only).
+      for (const track of state.stream.getVideoTracks()) track.enabled = false;
+      $("camera").textContent = "Rétablir la caméra";
+      $("camera").setAttribute("aria-pressed", "true");
+    }
     connect();
   });
 
@@ -181,6 +189,11 @@
 
   async function onClose(ws, event) {
     if (ws !== state.ws || state.finished) return;
+    if (event.code === 4002) {
+      finish("Consultation ouverte ailleurs",
+        "Vous avez rejoint cette consultation depuis une autre fenêtre ou un autre appareil.");
+      return;
+    }
     // 1000/4003/4004 are final; 1008 is a refused pass or a flood. Others: try to resume.
     if ([1000, 1002, 1003, 1007, 1008, 1009, 4000, 4003, 4004].includes(event.code)) {
       if (!state.finished) finish("Consultation interrompue", "La connexion a été fermée.");
@@ -330,7 +343,9 @@
   }
 
   function sendVideoConsent() {
-    send({ type: "consent", kind: "video", granted: $("consent-video").checked });
+    const granted = $("consent-video").checked;
+    send({ type: "consent", kind: "video", granted });
+    if (!granted) send({ type: "media_state", audio: true, video: false });
   }
 
   // --- The call ----------------------------------------------------------------------------
@@ -342,7 +357,9 @@
     const professional = state.permissions.includes("admit");
     $("waiting-panel").hidden = !professional;
     $("end").hidden = !state.permissions.includes("end");
-    $("record").hidden = !state.permissions.includes("record");
+    // No recording peer on the server yet: the button stays hidden so nobody believes a
+    // call is being recorded. Consent prompts still answer a request made through the API.
+    $("record").hidden = !(RECORDER_AVAILABLE && state.permissions.includes("record"));
     state.people.clear();
     for (const info of message.participants) state.people.set(info.participant_id, info);
     renderPeople();
@@ -428,7 +445,15 @@
       if (info.audio === false) flags.push("micro coupé");
       if (info.video === false) flags.push("caméra coupée");
       if (info.connected === false) flags.push("se reconnecte");
-      list.append(item(flags.length ? `${label(info)} — ${flags.join(", ")}` : label(info)));
+      const li = item(flags.length ? `${label(info)} — ${flags.join(", ")}` : label(info));
+      if (state.permissions.includes("remove")) {
+        li.append(" ", button("Retirer", "remove secondary", () => {
+          if (confirm(`Retirer ${info.display_name} de la consultation ?`)) {
+            send({ type: "remove", participant_id: info.participant_id });
+          }
+        }));
+      }
+      list.append(li);
       const peer = state.peers.get(info.participant_id);
       if (peer) peer.tile.querySelector("figcaption").textContent = label(info);
     }
@@ -454,7 +479,10 @@
     state.recordingRequested = message.requested;
     $("record").textContent = message.requested ? "Arrêter l'enregistrement" : "Demander l'enregistrement";
     let text = "";
-    if (message.active) text = "● Enregistrement en cours (tous les participants ont accepté).";
+    if (message.active) {
+      text = RECORDER_AVAILABLE ? "● Enregistrement en cours (tous les participants ont accepté)." :
+        "Tous les participants ont accepté l'enregistrement, mais ce serveur n'enregistre pas encore : rien n'est conservé.";
+    }
     else if (message.requested) text = "Enregistrement demandé : en attente de l'accord de tous.";
     $("recording-state").textContent = text;
     $("recording-consent").hidden = !(message.requested && state.recordingConsent !== true &&

@@ -1,0 +1,287 @@
+"""Inbound SMTP accept rate: the relay's gateway against a bare aiosmtpd handler.
+
+Issue 4 target: 20 KB messages over 20 concurrent connections, each durably stored before
+its ``250``, at >= 0.7 of the rate of a bare aiosmtpd handler that only writes and fsyncs the
+raw bytes, measured in the same run with the same client.
+
+* baseline: an aiosmtpd server (its own process, STARTTLS with the same kind of certificate)
+  whose ``handle_DATA`` writes the message to a new file, fsyncs it and answers ``250``;
+* measured: ``relais serve`` (its own process) — STARTTLS, recipient lookup, the parse under
+  limits in the worker processes, encrypted blobs (message, content, raw copy) fsynced, one
+  SQL transaction, the audit record — before each ``250``.
+
+Both servers are driven by the same asyncio client here: 20 connections, each sending its
+share of the messages one after the other over one SMTP session (as an MTA does), STARTTLS
+once per connection. The files go to ``$TMPDIR``: point it at the data disk to measure it.
+
+Run: ``python -m bench.smtp_inbound`` (``--messages N`` to change the count).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import socket
+import ssl
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from email.message import EmailMessage
+from email.policy import SMTP as SMTP_POLICY
+from pathlib import Path
+
+import aiosmtplib
+
+from bench.run import Result, format_table
+
+CONNECTIONS = 20
+MESSAGE_BYTES = 20 * 1024
+RATIO_TARGET = 0.7
+RECIPIENT = "dr.bench@relais.localhost"
+SENDER = "dr.expediteur@hopital.example"
+BASELINE = "bare aiosmtpd, write+fsync"
+FAST_ENV = {
+    "RELAIS_ACCOUNTS_ARGON2_MEMORY_KIB": "8192",
+    "RELAIS_ACCOUNTS_ARGON2_TIME_COST": "1",
+    "RELAIS_ACCOUNTS_ARGON2_PARALLELISM": "1",
+}
+PASSWORD = "bench password for relais"  # noqa: S105 - a throw-away test account
+ADMIN_PASSWORD = "admin password for bench"  # noqa: S105 - a throw-away test account
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for_port(port: int, process: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on port {port}")
+
+
+def relais(data_dir: Path, *args: str) -> None:
+    """Run one ``relais`` command (``python -m relay``)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RELAIS_")} | FAST_ENV
+    subprocess.run(
+        [sys.executable, "-m", "relay", "--data-dir", str(data_dir), *args],
+        env=env,
+        check=True,
+        capture_output=True,
+    )
+
+
+@contextmanager
+def running_relay(
+    root: Path, env: dict[str, str] | None = None, *, admin_password: str = ADMIN_PASSWORD
+) -> Iterator[tuple[Path, int, int]]:
+    """``relais serve`` with one user (``RECIPIENT``); yields (data dir, https port, smtp port)."""
+    data_dir = root / "data"
+    (root / "admin-pw").write_text(admin_password)
+    relais(data_dir, "init", "--admin-password-file", str(root / "admin-pw"))
+    (root / "pw").write_text(PASSWORD)
+    relais(
+        data_dir, "user", "add", "--email", RECIPIENT, "--role", "physician",
+        "--name", "Dr Bench", "--password-file", str(root / "pw"),
+    )  # fmt: skip
+    https, smtp = free_port(), free_port()
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("RELAIS_")}
+    full_env |= FAST_ENV | (env or {})
+    full_env |= {"RELAIS_HTTP_PORT": str(https), "RELAIS_SMTP_PORT": str(smtp)}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "relay", "--data-dir", str(data_dir), "serve"],
+        env=full_env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for_port(https, process)
+        wait_for_port(smtp, process)
+        yield data_dir, https, smtp
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+# --- the bare baseline server ------------------------------------------------------------------
+
+
+def baseline_server(port: int, directory: Path, cert: Path, key: Path) -> None:
+    """Serve SMTP with STARTTLS; each message written to its own file and fsynced."""
+    from aiosmtpd.smtp import SMTP
+
+    from certs.tls import server_ssl_context
+
+    context = server_ssl_context(cert, key)
+    counter = iter(range(1 << 62))
+
+    class Handler:
+        async def handle_DATA(self, server: object, session: object, envelope: object) -> str:
+            data: bytes = envelope.original_content  # type: ignore[attr-defined]
+            path = directory / f"{next(counter)}.eml"
+            await asyncio.to_thread(_write_fsync, path, data)
+            return "250 OK"
+
+    async def serve() -> None:
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(
+            lambda: SMTP(Handler(), tls_context=context, require_starttls=True, loop=loop),
+            "127.0.0.1",
+            port,
+        )
+        async with server:
+            await server.serve_forever()
+
+    asyncio.run(serve())
+
+
+def _write_fsync(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def running_baseline(root: Path, cert: Path, key: Path) -> Iterator[int]:
+    port = free_port()
+    spool = root / "spool"
+    spool.mkdir()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "bench.smtp_inbound", "--baseline-server", str(port),
+         str(spool), str(cert), str(key)],
+        stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        wait_for_port(port, process)
+        yield port
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+# --- the client --------------------------------------------------------------------------------
+
+
+def make_messages(count: int) -> list[bytes]:
+    """``count`` distinct messages of about 20 KB (text and a small attachment)."""
+    messages = []
+    line = "Compte rendu de consultation : évolution favorable, pansement à refaire.\n"
+    text = line * ((MESSAGE_BYTES - 6000) // len(line))
+    attachment = os.urandom(4000)
+    for n in range(count):
+        message = EmailMessage()
+        message["From"] = SENDER
+        message["To"] = RECIPIENT
+        message["Subject"] = f"Bench {n}"
+        message["Message-ID"] = f"<bench.{n}.{os.getpid()}@hopital.example>"
+        message.set_content(text)
+        message.add_attachment(attachment, maintype="application", subtype="pdf", filename="cr.pdf")
+        messages.append(message.as_bytes(policy=SMTP_POLICY))
+    return messages
+
+
+async def drive(port: int, messages: Sequence[bytes], tls: ssl.SSLContext) -> float:
+    """Messages/s acknowledged with 250 over ``CONNECTIONS`` sessions."""
+    pending = iter(messages)
+
+    async def connection() -> None:
+        client = aiosmtplib.SMTP(
+            hostname="localhost", port=port, start_tls=True, tls_context=tls, timeout=120
+        )
+        async with client:
+            for raw in pending:
+                await client.sendmail(SENDER, [RECIPIENT], raw)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(connection() for _ in range(CONNECTIONS)))
+    return len(messages) / (time.perf_counter() - started)
+
+
+def measure(count: int = 1000) -> dict[str, float]:
+    """Baseline, relay, baseline again; the figures."""
+    from certs.ca import create_ca
+    from certs.issue import issue_server_certificate
+    from certs.tls import client_ssl_context
+
+    messages = make_messages(count)
+    figures: dict[str, float] = {"messages": float(count), "bytes": float(len(messages[0]))}
+    with tempfile.TemporaryDirectory(prefix="bench-smtp-") as tmp:
+        root = Path(tmp)
+        ca = create_ca("Bench CA", datetime.now(UTC))
+        ca.to_pem_files(root / "ca.pem", root / "ca.key")
+        issue_server_certificate(ca, ["localhost"], datetime.now(UTC)).to_pem_files(
+            root / "server.pem", root / "server.key"
+        )
+        tls = client_ssl_context([root / "ca.pem"])
+        baselines = []
+        for attempt in range(2):
+            (root / f"b{attempt}").mkdir()
+            with running_baseline(
+                root / f"b{attempt}", root / "server.pem", root / "server.key"
+            ) as port:
+                baselines.append(asyncio.run(drive(port, messages, tls)))
+            if attempt == 0:
+                relay_root = root / "relay"
+                relay_root.mkdir()
+                with running_relay(relay_root) as (data_dir, _https, smtp):
+                    relay_tls = client_ssl_context([data_dir / "certs" / "ca.pem"])
+                    figures["relay"] = asyncio.run(drive(smtp, messages, relay_tls))
+        figures["baseline"] = sum(baselines) / len(baselines)
+    return figures
+
+
+def results(figures: dict[str, float]) -> list[Result]:
+    """The figures as :class:`bench.run.Result` rows."""
+    return [
+        Result(
+            f"20 KB messages, {CONNECTIONS} connections, stored",
+            figures["relay"],
+            figures["baseline"],
+            "msg/s",
+            BASELINE,
+            target=RATIO_TARGET,
+        )
+    ]
+
+
+def main() -> list[Result]:
+    """The run for ``python -m bench.run`` (about 20 s)."""
+    return results(measure())
+
+
+def cli(argv: Sequence[str]) -> None:
+    """``python -m bench.smtp_inbound [--messages N]``."""
+    if argv[:1] == ["--baseline-server"]:
+        port, spool, cert, key = argv[1:5]
+        baseline_server(int(port), Path(spool), Path(cert), Path(key))
+        return
+    parser = argparse.ArgumentParser(prog="python -m bench.smtp_inbound")
+    parser.add_argument("--messages", type=int, default=1000, help="messages (default 1000)")
+    args = parser.parse_args(list(argv))
+    figures = measure(args.messages)
+    print(f"smtp inbound: {figures['messages']:,.0f} messages of {figures['bytes']:,.0f} B")
+    print(format_table([("smtp_inbound", r) for r in results(figures)]))
+
+
+if __name__ == "__main__":
+    cli(sys.argv[1:])

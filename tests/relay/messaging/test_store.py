@@ -1,0 +1,190 @@
+"""The messaging SQL adapter on a real SQLite database: group commit where one bad record
+fails alone, deduplication of retried mail and of queued mail by Message-ID, first reads."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from relay.accounts import new_id
+from relay.messaging.model import (
+    Message,
+    MessageSource,
+    OutboxEntry,
+    OutboxKind,
+    Participant,
+    ParticipantKind,
+    Thread,
+)
+from relay.messaging.store import MessagingStore, NewMessageRecord
+from storage.database import Database
+
+NOW = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
+
+
+async def _store(tmp_path: Path) -> tuple[Database, MessagingStore, str]:
+    db = await Database.open(tmp_path / "relais.db")
+    pro = new_id()
+    await db.execute(
+        "INSERT INTO professionals (id, email, display_name, role, created_at)"
+        " VALUES (?, 'ide@relais.localhost', 'IDE', 'nurse', ?)",
+        (pro, NOW.isoformat()),
+    )
+    return db, MessagingStore(db), pro
+
+
+def _new_thread(pro: str, rfc822_id: str | None = None) -> NewMessageRecord:
+    thread_id = new_id()
+    author = Participant(
+        new_id(), thread_id, ParticipantKind.PROFESSIONAL, pro, None, "ide@relais.localhost", "IDE"
+    )
+    external = Participant(
+        new_id(), thread_id, ParticipantKind.EXTERNAL, None, None, "x@cabinet.example", "X"
+    )
+    message = Message(
+        new_id(), thread_id, author.id, pro, MessageSource.WEB, "blob", None, rfc822_id, 1, NOW
+    )
+    return NewMessageRecord(
+        message=message,
+        thread=Thread(thread_id, "blob", None, NOW, NOW, (author, external)),
+    )
+
+
+async def test_concurrent_inserts_share_commits_and_a_bad_one_fails_alone(tmp_path: Path) -> None:
+    db, store, pro = await _store(tmp_path)
+    try:
+        good = [_new_thread(pro) for _ in range(30)]
+        bad = _new_thread(pro)
+        clash = NewMessageRecord(  # the same thread inserted twice: a constraint violation
+            message=Message(
+                new_id(),
+                good[0].message.thread_id,
+                None,
+                None,
+                MessageSource.WEB,
+                "blob",
+                None,
+                None,
+                1,
+                NOW,
+            ),
+            thread=good[0].thread,
+        )
+        results = await asyncio.gather(
+            *(store.insert(r, NOW) for r in [*good, clash, bad]), return_exceptions=True
+        )
+        assert isinstance(results[30], sqlite3.IntegrityError)
+        for record, result in zip([*good, bad], [*results[:30], results[31]], strict=True):
+            assert not isinstance(result, BaseException), result
+            message_id, viewers = result
+            assert message_id == record.message.id and viewers == {pro}
+        rows = await db.fetchone("SELECT count(*) AS n FROM messages")
+        assert rows is not None and rows["n"] == 31
+    finally:
+        await db.close()
+
+
+async def test_retried_mail_and_queued_mail_are_stored_once(tmp_path: Path) -> None:
+    db, store, pro = await _store(tmp_path)
+    try:
+        first = _new_thread(pro)
+        await store.insert(first, NOW)
+        thread_id = first.message.thread_id
+        inbound = Message(
+            new_id(), thread_id, None, None, MessageSource.SMTP, "b", None, "<m@x>", 1, NOW
+        )
+        retried = Message(
+            new_id(), thread_id, None, None, MessageSource.SMTP, "b", None, "<m@x>", 1, NOW
+        )
+        assert (await store.insert(NewMessageRecord(inbound), NOW))[0] == inbound.id
+        assert (await store.insert(NewMessageRecord(retried), NOW))[0] == inbound.id
+        entry = OutboxEntry(new_id(), "<n@relais.localhost>", OutboxKind.MDN, "", "a@b.fr", "b")
+        again = OutboxEntry(new_id(), "<n@relais.localhost>", OutboxKind.MDN, "", "a@b.fr", "c")
+        assert await store.enqueue([entry, again], NOW) == 1
+    finally:
+        await db.close()
+
+
+async def test_first_reading_is_reported_once(tmp_path: Path) -> None:
+    db, store, pro = await _store(tmp_path)
+    try:
+        record = _new_thread(pro)
+        await store.insert(record, NOW)
+        thread_id = record.message.thread_id
+        inbound = Message(
+            new_id(), thread_id, None, None, MessageSource.SMTP, "b", None, "<r@x>", 1, NOW
+        )
+        await store.insert(NewMessageRecord(inbound), NOW)
+        newly, first = await store.mark_read("reader-1", thread_id, None, NOW)
+        assert set(newly) == {record.message.id, inbound.id}
+        assert first == [inbound.id]  # the author had read their own message already
+        newly, first = await store.mark_read("reader-2", thread_id, None, NOW)
+        assert first == [] and len(newly) == 2
+        assert await store.mark_read("reader-2", thread_id, None, NOW) == ([], [])
+    finally:
+        await db.close()
+
+
+@pytest.mark.parametrize("address", ["msp@relais.localhost", "ide@relais.localhost", "x@y.fr"])
+async def test_mailbox_lookup(tmp_path: Path, address: str) -> None:
+    db, store, pro = await _store(tmp_path)
+    try:
+        await db.execute(
+            "INSERT INTO teams (id, address, name, kind, created_at)"
+            " VALUES ('t1', 'msp', 'MSP', 'msp', ?)",
+            (NOW.isoformat(),),
+        )
+        found = await store.mailbox(address)
+        expected = {
+            "msp@relais.localhost": ("team", "t1", "MSP"),
+            "ide@relais.localhost": ("professional", pro, "IDE"),
+            "x@y.fr": None,
+        }[address]
+        assert found == expected
+    finally:
+        await db.close()
+
+
+async def test_other_parts_queue_mail_once(tmp_path: Path) -> None:
+    from relay.mail.notifications import Notification, NotificationKind, build_notification
+    from relay.messaging.model import OutboxKind
+    from relay.messaging.service import Messaging, MessagingConfig
+    from storage.blobs import BlobStore
+    from storage.bus import InMemoryBus
+    from storage.keys import Keyring
+
+    db, store, _ = await _store(tmp_path)
+    blobs = BlobStore(tmp_path / "blobs", Keyring.create(tmp_path / "keys"))
+    messaging = Messaging(
+        store=store,
+        blobs=blobs,
+        bus=InMemoryBus(),
+        config=MessagingConfig("relais.localhost", "https://relais.example"),
+        reply_secret=b"s" * 32,
+        patient_reference=lambda ins: ins,
+    )
+    try:
+        mail = build_notification(
+            Notification(
+                NotificationKind.NEW_CASE,
+                "dr@hopital.example",
+                "Claire Martin",
+                "https://relais.example/cases/x",
+                "<case.1@relais.localhost>",
+            ),
+            domain="relais.localhost",
+            now=NOW,
+        )
+        assert await messaging.queue_mail(OutboxKind.NOTIFICATION, mail, NOW)
+        assert not await messaging.queue_mail(OutboxKind.NOTIFICATION, mail, NOW)
+        assert messaging.outbox_wakeup.is_set()
+        row = await db.fetchone("SELECT recipient, envelope_from, blob_id FROM outbox")
+        assert row is not None and row["recipient"] == "dr@hopital.example"
+        assert row["envelope_from"] == "postmaster@relais.localhost"
+        assert len(list(blobs.iter_blob_ids())) == 1  # the duplicate's blob was removed
+    finally:
+        await db.close()
