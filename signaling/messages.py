@@ -951,11 +951,8 @@ def _text_encoder(cls: type[Any]) -> _TextEncoder:
         assert plan.scalar is not None
         prefix = "," + encode_basestring(plan.key) + ":"
         lines.append(f"    v = message.{plan.name}")
-        if plan.required:
-            lines.append(f"    text += {prefix!r} + {_SCALAR_TEXT[plan.scalar]}")
-        else:
-            lines.append("    if v is not None:")
-            lines.append(f"        text += {prefix!r} + {_SCALAR_TEXT[plan.scalar]}")
+        lines.append("    if v is not None:")  # null fields are omitted, as in to_json_object
+        lines.append(f"        text += {prefix!r} + {_SCALAR_TEXT[plan.scalar]}")
     lines.append("    return text + '}'")
     encoder: _TextEncoder = _compile("\n".join(lines), "to_text", namespace)
     return encoder

@@ -278,6 +278,13 @@ class SignalingHub:
             self._discard_if_idle(runner)
 
     def _release(self, runner: _RoomRunner, actions: Sequence[_Step]) -> None:
+        if len(actions) == 1 and type(actions[0]) is Send:
+            # The relay hot path (one offer/answer/candidate for one peer).
+            send = actions[0]
+            peer = runner.peers.get(send.peer_id)
+            if peer is not None:
+                peer.send(serialize(send.message))
+            return
         texts: dict[int, str] = {}  # a broadcast is serialised once
         for action in actions:
             if isinstance(action, Send):

@@ -31,6 +31,8 @@ from typing import Final
 import pillow_heif
 from PIL import _imaging as pillow_core  # Image.core: the block allocator's knobs
 
+from relay.workers import exit_with
+
 __all__ = ["create_pool", "initialize_worker"]
 
 DEFAULT_NICENESS: Final = 5
@@ -38,9 +40,16 @@ DEFAULT_PILLOW_BLOCKS: Final = 12  # x 16 MB (Pillow's default block size)
 
 
 def initialize_worker(
-    niceness: int = DEFAULT_NICENESS, pillow_blocks: int = DEFAULT_PILLOW_BLOCKS
+    niceness: int = DEFAULT_NICENESS,
+    pillow_blocks: int = DEFAULT_PILLOW_BLOCKS,
+    relay_pid: int | None = None,
 ) -> None:
-    """Prepare a worker process (``ProcessPoolExecutor(initializer=...)``); see module doc."""
+    """Prepare a worker process (``ProcessPoolExecutor(initializer=...)``); see module doc.
+
+    With ``relay_pid``, the worker ends when that process ends, ``kill -9`` included.
+    """
+    if relay_pid is not None:
+        exit_with(relay_pid)
     if niceness:
         os.nice(niceness)
     pillow_core.set_blocks_max(pillow_blocks)
@@ -61,5 +70,5 @@ def create_pool(
         max_workers=max_workers or os.cpu_count() or 1,
         mp_context=multiprocessing.get_context("forkserver"),
         initializer=initialize_worker,
-        initargs=(niceness, pillow_blocks),
+        initargs=(niceness, pillow_blocks, os.getpid()),
     )

@@ -25,10 +25,7 @@ import ipaddress
 import logging
 import os
 import re
-import select
 import ssl
-import threading
-import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -61,6 +58,7 @@ from relay.mail.smime import open_enveloped
 from relay.messaging.core import is_local
 from relay.messaging.inbound import InboundMail, InboundTarget, PeerTls, SenderPolicy, TargetKind
 from relay.messaging.service import Messaging
+from relay.workers import exit_with
 
 log = logging.getLogger("relais.smtp")
 logging.getLogger("mail.log").setLevel(logging.WARNING)
@@ -82,7 +80,7 @@ def init_worker(cert_path: str, key_path: str, relay_pid: int) -> None:
     (read at the first encrypted mail), and end this worker when the relay process ends,
     however it ends (``kill -9`` included)."""
     global _smime_paths
-    _exit_with(relay_pid)
+    exit_with(relay_pid)
     _smime_paths = (cert_path, key_path)
 
 
@@ -98,32 +96,6 @@ def _smime_identity() -> tuple[Any, x509.Certificate] | None:
     if _relay_cert is None:
         return None
     return _relay_key, _relay_cert
-
-
-def _exit_with(pid: int) -> None:
-    """A worker blocks on its call queue, whose write end its siblings also hold: it would
-    outlive a killed relay forever. A pidfd (Linux 5.3) becomes readable when ``pid``
-    terminates; elsewhere, poll once a second."""
-    try:
-        pidfd: int | None = os.pidfd_open(pid)
-    except ProcessLookupError:
-        os._exit(0)
-    except (AttributeError, OSError):
-        pidfd = None
-
-    def watch() -> None:
-        if pidfd is not None:
-            select.select([pidfd], [], [])
-        else:
-            while True:
-                time.sleep(1.0)
-                try:
-                    os.kill(pid, 0)
-                except ProcessLookupError:
-                    break
-        os._exit(0)
-
-    threading.Thread(target=watch, name="relay-watch", daemon=True).start()
 
 
 def parse_inbound(raw: bytes, limits: MailLimits) -> tuple[ParsedMessage, bool]:
@@ -169,12 +141,14 @@ class ParserPool:
     async def parse(self, raw: bytes) -> tuple[ParsedMessage, bool]:
         """Parse ``raw`` in a worker; MailError for a refused message."""
         loop = asyncio.get_running_loop()
+        pool = self._pool
         try:
-            return await loop.run_in_executor(self._pool, parse_inbound, raw, self.limits)
+            return await loop.run_in_executor(pool, parse_inbound, raw, self.limits)
         except BrokenProcessPool:
-            log.error("a mail parser process died; restarting the pool")
-            self._pool.shutdown(wait=False, cancel_futures=True)
-            self._pool = self._new_pool()
+            if self._pool is pool:  # the first of the waiting calls to notice replaces it
+                log.error("a mail parser process died; restarting the pool")
+                pool.shutdown(wait=False, cancel_futures=True)
+                self._pool = self._new_pool()
             raise
 
     def close(self) -> None:

@@ -352,3 +352,38 @@ def test_oversized_message_gets_552(strict_relay: RelayProcess, tmp_path: Path) 
         port, "--tls", "--from", SENDER, "--to", PHYSICIAN.email, "--data", str(path)
     )
     assert last_reply(transcript).startswith("552"), server_replies(transcript)[-3:]
+
+
+def test_a_parser_process_killed_costs_one_retry(strict_relay: RelayProcess) -> None:
+    import os
+    import signal
+    import subprocess
+
+    port = strict_relay.smtp_port
+    _, transcript = swaks(port, "--tls", "--from", SENDER, "--to", PHYSICIAN.email)
+    assert last_reply(transcript).startswith("250")  # the parser processes are running now
+    assert strict_relay.process is not None
+
+    def descendants(pid: int) -> list[int]:
+        found = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True)
+        children = [int(c) for c in found.stdout.split()]
+        return children + [g for c in children for g in descendants(c)]
+
+    workers = [
+        pid
+        for pid in descendants(strict_relay.process.pid)
+        if "forkserver" in open(f"/proc/{pid}/cmdline").read()  # noqa: PTH123, SIM115
+        and int(open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[1])  # noqa: PTH123, SIM115
+        != strict_relay.process.pid
+    ]
+    assert workers, "no parser worker found"
+    for pid in workers:
+        os.kill(pid, signal.SIGKILL)
+    replies = []
+    for _ in range(3):
+        _, transcript = swaks(port, "--tls", "--from", SENDER, "--to", PHYSICIAN.email)
+        replies.append(last_reply(transcript))
+    # At most the mail in flight is deferred (451: the client retries); then back to normal.
+    assert all(r.startswith(("250", "451 4.3.0")) for r in replies), replies
+    assert replies[-1].startswith("250"), replies
+    assert strict_relay.process.poll() is None
