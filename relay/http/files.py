@@ -6,6 +6,7 @@ blob is fsynced and its row committed, so an acknowledged file survives a crash.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 import sqlite3
@@ -32,8 +33,11 @@ VERIFY_WHOLE_BELOW = 8 * 1024 * 1024
 _CONTENT_TYPE = re.compile(r"^[a-z0-9][a-z0-9!#$&^_.+\-]{0,63}/[a-z0-9][a-z0-9!#$&^_.+\-]{0,63}$")
 
 
-async def _body_chunks(request: web.Request) -> AsyncIterator[bytes]:
+async def _body_chunks(request: web.Request, hasher: hashlib._Hash) -> AsyncIterator[bytes]:
+    # Hash as the bytes arrive (the loop mostly waits for the network here; 256 KiB hash in
+    # ~0.2 ms), so the blob store only encrypts and writes.
     async for chunk in request.content.iter_chunked(256 * 1024):
+        hasher.update(chunk)
         yield chunk
 
 
@@ -48,7 +52,10 @@ async def upload(request: web.Request) -> web.StreamResponse:
     if request.content_length is not None and request.content_length > limit:
         raise PayloadTooLarge(f"Le fichier dépasse la taille maximale de {limit} octets.")
     try:
-        info = await rt.blobs.put(_body_chunks(request), max_bytes=limit)
+        hasher = hashlib.sha256()
+        info = await rt.blobs.put(
+            _body_chunks(request, hasher), max_bytes=limit, digest=hasher.hexdigest
+        )
     except BlobTooLarge:
         raise PayloadTooLarge(f"Le fichier dépasse la taille maximale de {limit} octets.") from None
     file_id = new_id()

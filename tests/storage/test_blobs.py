@@ -619,3 +619,21 @@ async def test_sigkill_mid_write_loses_nothing_acknowledged(
             assert got == crash_writer.content(first + len(lines))
         complete_but_unacknowledged |= new
     assert killed_mid_write >= 2
+
+
+async def test_digest_hashed_upstream_is_used_and_content_kept(store: BlobStore) -> None:
+    data = os.urandom(3 * store.chunk_size + 5)
+    upstream = hashlib.sha256(data).hexdigest()
+    calls: list[int] = []
+
+    def digest() -> str:
+        calls.append(1)
+        return upstream
+
+    async def pieces() -> AsyncIterator[bytes]:
+        for start in range(0, len(data), 4096):
+            yield data[start : start + 4096]
+
+    info = await store.put(pieces(), digest=digest)
+    assert info.sha256 == upstream and calls == [1]
+    assert await store.read_all_verified(info.blob_id, max_bytes=len(data)) == data
