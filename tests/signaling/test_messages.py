@@ -455,3 +455,14 @@ def test_every_sample_validates_against_its_schema_keys() -> None:
             spec = schema[side][obj["type"]]
             assert set(spec["required"]) <= set(obj), message
             assert set(obj) <= set(spec["properties"]), message
+
+
+@pytest.mark.parametrize(
+    "message", [*CLIENT_SAMPLES, *SERVER_SAMPLES], ids=lambda m: type(m).__name__
+)
+def test_fast_encoder_matches_the_reference_json(message: ClientMessage | ServerMessage) -> None:
+    """The generated per-type encoders must never drift from plain json.dumps output."""
+    from signaling.messages import to_json_object
+
+    reference = json.dumps(to_json_object(message), ensure_ascii=False, separators=(",", ":"))
+    assert serialize(message) == reference
