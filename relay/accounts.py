@@ -296,8 +296,14 @@ class AccountStore:
             ),
         )
 
-    async def session(self, token: str, now: datetime, idle_seconds: float) -> Session | None:
-        """The live session for ``token``, refreshing its last-seen time; None if expired."""
+    async def session(
+        self, token: str, now: datetime, idle_seconds: float, *, touch: bool = True
+    ) -> Session | None:
+        """The live session for ``token``, refreshing its last-seen time; None if expired.
+
+        ``touch=False`` checks without counting as activity (background re-checks of an open
+        push socket must not keep an idle session alive).
+        """
         digest = token_digest(token)
 
         def lookup(conn: sqlite3.Connection) -> Session | None:
@@ -315,7 +321,7 @@ class AccountStore:
                 conn.execute("DELETE FROM sessions WHERE token_hash = ?", (digest,))
                 return None
             # Refresh at most once a minute: each refresh is a durable write.
-            if (now - last_seen).total_seconds() > 60:
+            if touch and (now - last_seen).total_seconds() > 60:
                 conn.execute(
                     "UPDATE sessions SET last_seen_at = ? WHERE token_hash = ?",
                     (now.isoformat(), digest),

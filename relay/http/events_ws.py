@@ -27,6 +27,7 @@ from relay.http.context import runtime, session_token
 from relay.http.route import Route
 from relay.messaging.events import EventFormatError, InboxEvent, user_channel
 from relay.policy import Action
+from relay.runtime import Runtime
 from storage.bus import BusEvent, EventBus, OffsetExpired, offset_order, resume
 from storage.errors import BusError, InvalidOffset, SubscriptionOverflow
 
@@ -34,6 +35,8 @@ log = logging.getLogger("relais.events")
 
 HEARTBEAT_SECONDS: Final = 20.0
 TRY_AGAIN_LATER: Final = 1013  # RFC 6455 §7.4.1 (IANA registry): reconnect with ?after=
+SESSION_CHECK_SECONDS: Final = 10.0
+SESSION_ENDED: Final = 4401  # application range (RFC 6455 §7.4.2); mirrors HTTP 401
 
 
 async def events_socket(request: web.Request) -> web.StreamResponse:
@@ -53,8 +56,20 @@ async def events_socket(request: web.Request) -> web.StreamResponse:
     await ws.prepare(request)
     channel = user_channel(session.professional.id)
     forwarder = asyncio.create_task(_forward(ws, rt.bus, channel, after))
+    assert token is not None
     try:
-        async for message in ws:  # pages send nothing; this notices the close
+        # Pages send nothing: reading notices the close, and every SESSION_CHECK_SECONDS of
+        # silence the session is checked again, so pushes stop soon after a logout or expiry.
+        # (Closing from this task, the only reader, keeps the close handshake clean.)
+        while not ws.closed:
+            try:
+                message = await ws.receive(timeout=SESSION_CHECK_SECONDS)
+            except TimeoutError:
+                if not await _session_alive(rt, token):
+                    await ws.close(code=SESSION_ENDED, message=b"session_expired")
+                continue
+            if message.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED):
+                break
             if message.type is WSMsgType.ERROR:
                 break
     finally:
@@ -62,6 +77,16 @@ async def events_socket(request: web.Request) -> web.StreamResponse:
         with contextlib.suppress(asyncio.CancelledError):
             await forwarder
     return ws
+
+
+async def _session_alive(rt: Runtime, token: str) -> bool:
+    idle = rt.config.accounts.session_idle_minutes * 60
+    try:
+        # touch=False: an open page is not activity; the idle timeout still applies.
+        return await rt.accounts.session(token, rt.clock(), idle, touch=False) is not None
+    except Exception as exc:  # database briefly unavailable: keep the socket, check later
+        log.warning("push socket session check failed: %s", type(exc).__name__)
+        return True
 
 
 async def _forward(

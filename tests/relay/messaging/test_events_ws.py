@@ -88,3 +88,17 @@ async def test_the_socket_needs_a_session(relay: RelayProcess, http: aiohttp.Cli
             raise AssertionError("a malformed offset was accepted")
     except aiohttp.WSServerHandshakeError as refused:
         assert refused.status == 400
+
+
+async def test_logout_closes_open_push_sockets(
+    relay: RelayProcess, http: aiohttp.ClientSession
+) -> None:
+    """Pushes stop with the session: a logout elsewhere closes the socket (4401)."""
+    headers = await headers_for(http, NURSE.email)
+    async with http.ws_connect("/ws/events", headers=headers) as page:
+        assert (await _next(page))["type"] == "ready"
+        async with http.post("/api/logout", headers=headers) as response:
+            assert response.status == 204
+        message = await page.receive(timeout=30)
+        assert message.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
+        assert page.close_code == 4401, (message, page.close_code)
