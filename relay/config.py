@@ -141,6 +141,14 @@ class TeleconsultationConfig:
 
 
 @dataclass(frozen=True)
+class PacsSettings:
+    dicomweb_url: str = ""
+    username: str = ""
+    password_file: str = ""
+    timeout_seconds: float = 60.0
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration; one attribute per ``[section]`` of relais.toml."""
 
@@ -156,6 +164,7 @@ class Config:
     bus: BusSettings = field(default_factory=BusSettings)
     audit: AuditSettings = field(default_factory=AuditSettings)
     teleconsultation: TeleconsultationConfig = field(default_factory=TeleconsultationConfig)
+    pacs: PacsSettings = field(default_factory=PacsSettings)
 
 
 # Values that are not just "of the right type": checked after parsing.

@@ -16,6 +16,7 @@ from relay.errors import Forbidden, NotFound, PayloadTooLarge, RelayError, Unaut
 from relay.http import (
     admin,
     audit,
+    case_pacs,
     cases,
     consultation_page,
     consultations,
@@ -68,6 +69,7 @@ def all_routes() -> list[Route]:
         *guest.ROUTES,
         *uploads.ROUTES,
         *cases.ROUTES,
+        *case_pacs.ROUTES,
     ]
     routes.append(
         Route(

@@ -20,8 +20,8 @@ from typing import Any, Final
 
 from aiohttp import web
 
+from relay import case_mail, dicom_export
 from relay import cases as core
-from relay import dicom_export
 from relay.accounts import new_id
 from relay.audit.events import Actor as AuditActor
 from relay.audit.events import AuditAction, AuditRecord, EntityRef, Outcome, ResourceKind
@@ -52,8 +52,8 @@ MAX_TEXT_CHARS: Final = 8000
 IDEMPOTENCY_HEADER: Final = "Idempotency-Key"
 
 NotificationHook = Callable[[Runtime, Sequence[core.Effect]], Awaitable[None]]
-NOTIFICATION_HOOKS: list[NotificationHook] = []
-"""Called with the notification effects of every transition (specialist e-mails: later)."""
+NOTIFICATION_HOOKS: list[NotificationHook] = [case_mail.notify]
+"""Called with the notification effects of every transition (e-mails: relay.case_mail)."""
 
 _NOTICES = (core.NotifyRecipient, core.NotifyRequester, core.Escalate)
 
@@ -594,8 +594,18 @@ _DICOM_SEX: Final = {
 }
 
 
-def _dicom_of(req: CaseRequest, jpeg: bytes, taken: datetime, now: datetime) -> bytes:
-    """One photo as a DICOM VL Photographic Image (new UIDs; coded region and side)."""
+def _dicom_of(
+    req: CaseRequest,
+    jpeg: bytes,
+    taken: datetime,
+    now: datetime,
+    *,
+    study_uid: str | None = None,
+    series_uid: str | None = None,
+    instance_number: int = 1,
+) -> bytes:
+    """One photo as a DICOM VL Photographic Image (new UIDs unless the study/series are
+    given, so that every photo of a case lands in one study; coded region and side)."""
     if req.wound is None or req.patient is None:
         raise BadRequest("Export DICOM : la demande doit indiquer le patient et la plaie.")
     key = req.wound.site.key
@@ -619,6 +629,9 @@ def _dicom_of(req: CaseRequest, jpeg: bytes, taken: datetime, now: datetime) -> 
         wound_site=site,
         laterality=_DICOM_SIDE[req.wound.laterality.value],
         content_datetime=taken,
+        study_instance_uid=study_uid,
+        series_instance_uid=series_uid,
+        instance_number=instance_number,
     )
     return dicom_export.build_wound_photo(export, now=now).data
 

@@ -19,6 +19,7 @@ from certs.expiry import expiry_warnings
 from certs.tls import client_ssl_context, server_ssl_context
 from relay.audit.events import Actor, AuditAction, AuditRecord, EntityRef, Outcome, ResourceKind
 from relay.audit.forwarder import SyslogForwarder
+from relay.case_mail import attach as attach_case_mail
 from relay.config import Config
 from relay.datadir import DataDir
 from relay.http.app import IN_FLIGHT, build_app
@@ -58,6 +59,7 @@ async def _serve(rt: Runtime, data: DataDir, config: Config) -> None:
     )
     await runner.setup()
     # SMTP first: once HTTPS answers (health checks), the whole relay is up.
+    attach_case_mail(rt)  # case reply addresses r+c… answer cases (issue 5 item 6)
     mail = MailService(rt, data)
     try:
         await mail.start()

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import ipaddress
 import logging
@@ -32,7 +33,7 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from aiosmtpd.smtp import MISSING, SMTP, syntax
 from cryptography import x509
@@ -156,6 +157,31 @@ class ParserPool:
 
 
 # --- the aiosmtpd handler --------------------------------------------------------------------
+
+
+class CaseReplies(Protocol):
+    """Where case reply addresses ``r+c…`` lead (implemented by :mod:`relay.case_mail`)."""
+
+    async def resolve(self, target: reply_tokens.ReplyTarget, address: str) -> InboundTarget:
+        """At RCPT: a REPLY target without thread, or ReplyNotAllowed."""
+        ...
+
+    async def receive(
+        self,
+        mail: InboundMail,
+        target: InboundTarget,
+        trace: Callable[[tuple[EntityRef, ...]], Awaitable[None]],
+    ) -> None:
+        """At end of DATA: durable (and traced through ``trace``) when this returns."""
+        ...
+
+
+CASE_REPLIES: dict[int, CaseReplies] = {}
+"""Case reply routing, by ``id()`` of the Messaging the gateway serves (relay.case_mail)."""
+
+
+def _is_case(target: InboundTarget) -> bool:
+    return target.kind is TargetKind.REPLY and target.thread_id is None
 
 
 class AutomaticReplyRefused(MailError):
@@ -290,7 +316,19 @@ class InboundHandler:
                 session, tls, AuditAction.MESSAGE_RECEIVED, Outcome.SUCCESS, entities, detail
             )
 
+        async def trace_case(entities: tuple[EntityRef, ...]) -> None:
+            await self._record(
+                session, tls, AuditAction.MESSAGE_RECEIVED, Outcome.SUCCESS, entities, detail
+            )
+
         try:
+            for target in (t for t in mail.targets if _is_case(t)):
+                await CASE_REPLIES[id(self.messaging)].receive(mail, target, trace_case)
+            if all(_is_case(t) for t in mail.targets):
+                return ACCEPTED
+            mail = dataclasses.replace(
+                mail, targets=tuple(t for t in mail.targets if not _is_case(t))
+            )
             received = await self.messaging.receive_mail(mail, self.clock(), before_commit=trace)
             if not received.posted and received.raw_blob_id is not None:
                 # Postmaster mail: kept encrypted, traced by its blob id.
@@ -300,6 +338,9 @@ class InboundHandler:
                 )
         except AuditUnavailable:
             return TEMPORARY_FAILURE  # not traced, so not stored: the sender retries
+        except ReplyNotAllowed as error:  # a case reply: the case moved since RCPT
+            await self._refused(session, error, tls)
+            return error.smtp_reply
         except Exception as exc:
             log.error("inbound mail not stored (%s): answered 451", type(exc).__name__)
             return TEMPORARY_FAILURE
@@ -330,6 +371,9 @@ class InboundHandler:
         if found.kind is AddressKind.REPLY:
             assert found.reply_token is not None
             target = reply_tokens.verify(self.messaging.reply_secret, found.reply_token, sender)
+            cases = CASE_REPLIES.get(id(self.messaging))
+            if target.kind is reply_tokens.ReplyKind.CASE and cases is not None:
+                return await cases.resolve(target, found.address)
             thread = await self.store.thread(target.target_id)
             bound = None if thread is None else thread.by_address(target.recipient)
             if thread is None or bound is None or target.kind is not reply_tokens.ReplyKind.THREAD:
@@ -381,7 +425,8 @@ class InboundHandler:
         entities: tuple[EntityRef, ...] = (),
     ) -> None:
         if isinstance(error, ReplyNotAllowed) and error.target_id is not None:
-            entities = (EntityRef(ResourceKind.THREAD, error.target_id), *entities)
+            kind = ResourceKind.CASE if error.target_kind == "case" else ResourceKind.THREAD
+            entities = (EntityRef(kind, error.target_id), *entities)
         reason = error.code
         if isinstance(error, ReplyNotAllowed):
             reason = f"{error.code}.{error.reason}"
