@@ -115,12 +115,29 @@ async def _forward(
         return
 
 
+def _case_event(payload: bytes) -> dict[str, object] | None:
+    """A tele-expertise change (relay.case_mail.case_push_event): identifiers only."""
+    try:
+        value = json.loads(payload)
+    except ValueError:
+        return None
+    if not isinstance(value, dict) or value.get("type") != "case":
+        return None
+    case_id, state = value.get("case_id"), value.get("state")
+    if not isinstance(case_id, str) or not isinstance(state, str):
+        return None
+    return {"type": "case", "case_id": case_id[:64], "state": state[:32]}
+
+
 async def _send_all(ws: web.WebSocketResponse, events: AsyncIterator[BusEvent]) -> None:
     async for event in events:
         try:
             data = InboxEvent.parse(event.payload).to_json()
         except EventFormatError:
-            continue
+            case = _case_event(event.payload)
+            if case is None:
+                continue
+            data = case
         data["offset"] = event.offset
         await ws.send_str(json.dumps(data))
 

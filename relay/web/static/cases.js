@@ -350,6 +350,27 @@
         .then(() => { $("answer-text").value = ""; })
         .catch(showError);
     });
-    start().catch(showError);
+    start().then(listen).catch(showError);
   });
+
+  // Live updates: the relay pushes case changes (identifiers only) on /ws/events.
+  function listen(delay = 1000) {
+    const socket = new WebSocket(`wss://${window.location.host}/ws/events`);
+    socket.addEventListener("message", (message) => {
+      let event = null;
+      try { event = JSON.parse(message.data); } catch (e) { return; }
+      if (!event || event.type !== "case") return;
+      const shown = new URLSearchParams(window.location.search).get("id");
+      if (shown) {
+        if (shown === event.case_id) showCase(shown).catch(showError);
+        return;
+      }
+      if (!$("mine").hidden) showMine().catch(showError);
+      if (!$("queue").hidden) showQueue().catch(showError);
+    });
+    socket.addEventListener("close", (closed) => {
+      if (closed.code === 4401) return;  // signed out: no reconnection
+      window.setTimeout(() => listen(Math.min(delay * 2, 30000)), delay);
+    });
+  }
 })();
