@@ -79,6 +79,7 @@ class PhotoRecord:
     sha256: str
     source_format: str
     created_at: datetime
+    summary_blob_id: str | None = None  # DICOM uploads: encrypted display summary
 
 
 @dataclass(frozen=True)
@@ -155,6 +156,7 @@ def _photo_of(row: sqlite3.Row) -> PhotoRecord:
         sha256=row["sha256"],
         source_format=row["source_format"],
         created_at=datetime.fromisoformat(row["created_at"]),
+        summary_blob_id=row["summary_blob_id"],
     )
 
 
@@ -427,8 +429,8 @@ class CaseStore:
     async def add_photo(self, photo: PhotoRecord) -> None:
         await self.db.execute(
             "INSERT INTO case_photos (id, case_id, owner_id, jpeg_blob_id, thumbnail_blob_id,"
-            " width, height, size, sha256, source_format, created_at)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " width, height, size, sha256, source_format, created_at, summary_blob_id)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 photo.id,
                 photo.case_id,
@@ -441,6 +443,7 @@ class CaseStore:
                 photo.sha256,
                 photo.source_format,
                 photo.created_at.isoformat(),
+                photo.summary_blob_id,
             ),
         )
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
@@ -274,6 +275,13 @@ async def _earlier_photos(
     return sorted(found, key=lambda p: str(p["at"]))
 
 
+async def _dicom_summary(rt: Runtime, blob_id: str | None) -> dict[str, Any] | None:
+    if blob_id is None:
+        return None
+    summary: dict[str, Any] = json.loads(await rt.blobs.read_all_verified(blob_id, max_bytes=65536))
+    return summary
+
+
 async def _view(rt: Runtime, stored: StoredCase, actor: core.Actor | None = None) -> dict[str, Any]:
     store = store_of(rt)
     case = stored.case
@@ -303,7 +311,13 @@ async def _view(rt: Runtime, stored: StoredCase, actor: core.Actor | None = None
         ],
         "messages": messages,
         "photos": [
-            {"id": p.id, "width": p.width, "height": p.height, "at": p.created_at.isoformat()}
+            {
+                "id": p.id,
+                "width": p.width,
+                "height": p.height,
+                "at": p.created_at.isoformat(),
+                "dicom": await _dicom_summary(rt, p.summary_blob_id),
+            }
             for p in await store.photos_of(case.id)
         ],
         "earlier_photos": await _earlier_photos(rt, stored, body, actor),

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import sqlite3
 from concurrent.futures import ProcessPoolExecutor
 from datetime import datetime, timedelta
@@ -182,6 +183,22 @@ async def _read_body(request: web.Request, limit: int) -> bytes:
     return b"".join(parts)
 
 
+def dicom_summary_json(summary: DicomSummary) -> bytes:
+    """What the case view shows about a DICOM upload: acquisition facts, no identity."""
+    return json.dumps(
+        {
+            "modality": summary.modality,
+            "study_date": summary.study_date.isoformat() if summary.study_date else None,
+            "body_part": summary.body_part,
+            "anatomic_region": summary.anatomic_region,
+            "rows": summary.rows,
+            "columns": summary.columns,
+            "frames": summary.frames,
+            "photometric_interpretation": summary.photometric_interpretation,
+        }
+    ).encode()
+
+
 def _process(data: bytes) -> SanitizedPhoto | DicomSummary:
     """In a worker: DICOM by its preamble magic, else the photo pipeline (allow-list)."""
     if sniff_format(data) == "DICOM":
@@ -214,9 +231,11 @@ async def _complete(request: web.Request, upload: Upload) -> str:
             )
         jpeg, thumbnail, fmt = result.preview, result.preview, "dicom"
         width, height = result.columns or 0, result.rows or 0
+        summary_blob_id: str | None = (await rt.blobs.put(dicom_summary_json(result))).blob_id
     else:
         jpeg, thumbnail, fmt = result.jpeg, result.thumbnail, result.source_format.value
         width, height = result.width, result.height
+        summary_blob_id = None
     jpeg_info = await rt.blobs.put(jpeg)
     thumb_info = await rt.blobs.put(thumbnail)
     photo = PhotoRecord(
@@ -231,6 +250,7 @@ async def _complete(request: web.Request, upload: Upload) -> str:
         sha256=jpeg_info.sha256,
         source_format=fmt,
         created_at=rt.clock(),
+        summary_blob_id=summary_blob_id,
     )
     await trail.record(
         request,

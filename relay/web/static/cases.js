@@ -275,6 +275,15 @@
       img.alt = `Photo du ${when(photo.at)}`;
       img.addEventListener("click", () => openViewer(base));
       figure.append(img, el("figcaption", when(photo.at)));
+      if (photo.dicom) {
+        // DICOM upload: what was acquired (no identity; the header's identity stays out).
+        const d = photo.dicom;
+        const facts = [d.modality, d.body_part || d.anatomic_region,
+          d.study_date ? `examen du ${d.study_date}` : null,
+          d.rows && d.columns ? `${d.columns}×${d.rows}` : null,
+          d.frames > 1 ? `${d.frames} images` : null].filter(Boolean);
+        figure.append(el("figcaption", `DICOM — ${facts.join(", ")}`, "muted"));
+      }
       return figure;
     };
     $("case-photos").replaceChildren(...view.photos.map((photo) => figureOf(caseId, photo)));
