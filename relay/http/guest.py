@@ -19,12 +19,11 @@ from relay.errors import BadRequest, NotFound, Unauthenticated
 from relay.http import trail
 from relay.http.context import runtime
 from relay.http.jsonio import field_str, json_response, read_json_object
-from relay.http.messages import AUDIT_ENTITIES, content_disposition
+from relay.http.messages import AUDIT_ENTITIES, attachment_response
 from relay.http.route import Route
 from relay.messaging.core import MAX_TEXT
 from relay.messaging.model import Participant, Thread
 from relay.policy import Action
-from storage.errors import BlobIntegrityError
 
 GUEST_COOKIE: Final = "relais_guest_thread"
 
@@ -181,40 +180,9 @@ async def show_thread(request: web.Request) -> web.StreamResponse:
 
 
 async def download(request: web.Request) -> web.StreamResponse:
-    rt = runtime(request)
     participant, thread = await _guest(request)
-    found = await rt.messaging.store.attachment(request.match_info["id"])
-    if found is None or found[1] != thread.id:
-        raise NotFound("Pièce jointe introuvable.")
-    attachment = found[0]
-    message = await rt.messaging.store.message(attachment.message_id)
-    assert message is not None
-    names = (await rt.messaging.message_content(message)).attachment_names
-    filename = names[attachment.position] if attachment.position < len(names) else "piece-jointe"
-    try:
-        data = await rt.messaging.attachment_data(message, attachment)
-    except BlobIntegrityError:
-        raise NotFound("Pièce jointe illisible (intégrité).") from None
-    receipt = await trail.record(
-        request,
-        AuditAction.ATTACHMENT_DOWNLOADED,
-        actor=guest_actor(participant),
-        entities=(
-            EntityRef(ResourceKind.THREAD, thread.id),
-            EntityRef(ResourceKind.ATTACHMENT, attachment.id),
-        ),
-        patient=thread.patient_ref,
-        detail=(("size", str(attachment.size)), ("sha256", attachment.sha256)),
-        receipt=True,
-    )
-    assert receipt is not None
-    return web.Response(
-        body=data,
-        headers={
-            "Content-Type": attachment.content_type or "application/octet-stream",
-            "Content-Disposition": content_disposition(filename),
-            trail.RECEIPT_HEADER: receipt.to_header(),
-        },
+    return await attachment_response(
+        request, thread, request.match_info["id"], actor=guest_actor(participant)
     )
 
 

@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from certs.issue import email_of
-from relay.audit.events import AuditAction, EntityRef, ResourceKind
+from relay.audit.events import Actor, AuditAction, EntityRef, ResourceKind
 from relay.errors import BadRequest, Forbidden, NotFound
 from relay.http import trail
 from relay.http.context import caller, runtime, session_token
@@ -275,9 +275,19 @@ async def mark_read(request: web.Request) -> web.StreamResponse:
 
 
 async def download_attachment(request: web.Request) -> web.StreamResponse:
-    rt = runtime(request)
     thread, _ = await _thread_for(request, Action.VIEW_THREAD)
-    found = await rt.messaging.store.attachment(request.match_info["attachment"])
+    return await attachment_response(request, thread, request.match_info["attachment"])
+
+
+async def attachment_response(
+    request: web.Request, thread: Thread, attachment_id: str, *, actor: Actor | None = None
+) -> web.Response:
+    """One attachment of ``thread``: authenticated, traced (with receipt), then handed out.
+
+    Shared by the professionals' thread view and the guest view (``actor`` = the guest).
+    """
+    rt = runtime(request)
+    found = await rt.messaging.store.attachment(attachment_id)
     if found is None or found[1] != thread.id:
         raise NotFound("Pièce jointe introuvable.")
     attachment = found[0]
@@ -292,6 +302,7 @@ async def download_attachment(request: web.Request) -> web.StreamResponse:
     receipt = await trail.record(
         request,
         AuditAction.ATTACHMENT_DOWNLOADED,
+        actor=actor,
         entities=(
             EntityRef(ResourceKind.THREAD, thread.id),
             EntityRef(ResourceKind.ATTACHMENT, attachment.id),
