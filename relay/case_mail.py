@@ -28,7 +28,6 @@ someone else, or no longer open, refuses the reply at RCPT (``550 5.7.1``, audit
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -62,7 +61,7 @@ from relay.mail.notifications import (
 from relay.mail.quoting import extract_reply
 from relay.mail.smime import encrypt_message
 from relay.messaging.core import is_local
-from relay.messaging.events import user_channel
+from relay.messaging.events import CaseEvent, user_channel
 from relay.messaging.inbound import InboundMail, InboundTarget, TargetKind
 from relay.messaging.model import OutboxKind
 from relay.runtime import Runtime
@@ -86,7 +85,7 @@ def case_link(public_url: str, case_id: str) -> str:
 
 def case_push_event(case_id: str, state: str) -> bytes:
     """The push payload telling a professional that a case changed (identifiers only)."""
-    return json.dumps({"type": "case", "case_id": case_id, "state": state}).encode("ascii")
+    return bytes(CaseEvent(case_id, state))
 
 
 def _store(rt: Runtime) -> CaseStore:

@@ -25,7 +25,7 @@ from aiohttp import WSMsgType, web
 from relay.errors import BadRequest, Unauthenticated
 from relay.http.context import runtime, session_token
 from relay.http.route import Route
-from relay.messaging.events import EventFormatError, InboxEvent, user_channel
+from relay.messaging.events import EventFormatError, parse_push_event, user_channel
 from relay.policy import Action
 from relay.runtime import Runtime
 from storage.bus import BusEvent, EventBus, OffsetExpired, offset_order, resume
@@ -115,29 +115,12 @@ async def _forward(
         return
 
 
-def _case_event(payload: bytes) -> dict[str, object] | None:
-    """A tele-expertise change (relay.case_mail.case_push_event): identifiers only."""
-    try:
-        value = json.loads(payload)
-    except ValueError:
-        return None
-    if not isinstance(value, dict) or value.get("type") != "case":
-        return None
-    case_id, state = value.get("case_id"), value.get("state")
-    if not isinstance(case_id, str) or not isinstance(state, str):
-        return None
-    return {"type": "case", "case_id": case_id[:64], "state": state[:32]}
-
-
 async def _send_all(ws: web.WebSocketResponse, events: AsyncIterator[BusEvent]) -> None:
     async for event in events:
         try:
-            data = InboxEvent.parse(event.payload).to_json()
+            data = parse_push_event(event.payload).to_json()
         except EventFormatError:
-            case = _case_event(event.payload)
-            if case is None:
-                continue
-            data = case
+            continue
         data["offset"] = event.offset
         await ws.send_str(json.dumps(data))
 

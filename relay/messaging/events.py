@@ -75,3 +75,44 @@ class InboxEvent:
         if state is not None and not isinstance(state, str):
             raise EventFormatError("event state is malformed")
         return cls(kind, ids[0], ids[1], ids[2], state)
+
+
+@dataclass(frozen=True)
+class CaseEvent:
+    """A tele-expertise case changed state (sent to the requester's pages; ids only)."""
+
+    case_id: str
+    state: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"type": "case", "case_id": self.case_id, "state": self.state}
+
+    def __bytes__(self) -> bytes:
+        return json.dumps(self.to_json(), sort_keys=True).encode("ascii")
+
+    @classmethod
+    def parse(cls, raw: bytes) -> CaseEvent:
+        """Inverse of ``bytes()``; raises EventFormatError."""
+        try:
+            data = json.loads(raw.decode("ascii"))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            raise EventFormatError("not a case event") from None
+        if not isinstance(data, dict) or data.get("type") != "case":
+            raise EventFormatError("not a case event")
+        case_id, state = data.get("case_id"), data.get("state")
+        if not isinstance(case_id, str) or not _ID.fullmatch(case_id):
+            raise EventFormatError("case identifier is malformed")
+        if not isinstance(state, str) or not _STATE.fullmatch(state):
+            raise EventFormatError("case state is malformed")
+        return cls(case_id, state)
+
+
+_STATE = re.compile(r"[a-z_]{1,32}")
+
+
+def parse_push_event(raw: bytes) -> InboxEvent | CaseEvent:
+    """Any event of a ``user:<id>`` channel; raises EventFormatError for anything else."""
+    try:
+        return InboxEvent.parse(raw)
+    except EventFormatError:
+        return CaseEvent.parse(raw)
