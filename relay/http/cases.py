@@ -38,9 +38,9 @@ from relay.case_request import (
 from relay.case_store import CaseStore, StoredCase
 from relay.errors import BadRequest, NotFound
 from relay.http import trail
-from relay.http.context import caller, runtime, session_token
+from relay.http.context import caller, runtime
 from relay.http.jsonio import field_str, json_response, read_json_object
-from relay.http.pages import WEB
+from relay.http.pages import signed_in_page
 from relay.http.route import Route
 from relay.http.uploads import expire_uploads
 from relay.policy import Action, Relation, authorize
@@ -686,14 +686,7 @@ async def photo_dicom(request: web.Request) -> web.StreamResponse:
 
 async def page(request: web.Request) -> web.StreamResponse:
     """The French web page (requests, queue, one case); the API does the authorization."""
-    rt = runtime(request)
-    token = session_token(request)
-    idle = rt.config.accounts.session_idle_minutes * 60
-    if not token or await rt.accounts.session(token, rt.clock(), idle) is None:
-        raise web.HTTPSeeOther("/")
-    return web.FileResponse(
-        WEB / "cases.html", headers={"Content-Type": "text/html; charset=utf-8"}
-    )
+    return await signed_in_page(request, "cases.html")
 
 
 _ID = {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}

@@ -22,8 +22,9 @@ from certs.issue import email_of
 from relay.audit.events import Actor, AuditAction, EntityRef, ResourceKind
 from relay.errors import BadRequest, Forbidden, NotFound
 from relay.http import trail
-from relay.http.context import caller, runtime, session_token
+from relay.http.context import caller, runtime
 from relay.http.jsonio import json_response, read_json_object
+from relay.http.pages import signed_in_page
 from relay.http.route import Route
 from relay.mail.errors import EncryptionFailed
 from relay.mail.smime import encrypt_message
@@ -411,27 +412,16 @@ async def relay_certificate(request: web.Request) -> web.StreamResponse:
 # --- pages -----------------------------------------------------------------------------------
 
 
-async def _page(request: web.Request, name: str) -> web.StreamResponse:
-    from relay.http.pages import WEB
-
-    rt = runtime(request)
-    token = session_token(request)
-    idle = rt.config.accounts.session_idle_minutes * 60
-    if not token or await rt.accounts.session(token, rt.clock(), idle) is None:
-        raise web.HTTPSeeOther("/")
-    return web.FileResponse(WEB / name, headers={"Content-Type": "text/html; charset=utf-8"})
-
-
 async def inbox_page(request: web.Request) -> web.StreamResponse:
-    return await _page(request, "inbox.html")
+    return await signed_in_page(request, "inbox.html")
 
 
 async def compose_page(request: web.Request) -> web.StreamResponse:
-    return await _page(request, "compose.html")
+    return await signed_in_page(request, "compose.html")
 
 
 async def thread_page(request: web.Request) -> web.StreamResponse:
-    return await _page(request, "thread.html")
+    return await signed_in_page(request, "thread.html")
 
 
 # --- routes ----------------------------------------------------------------------------------

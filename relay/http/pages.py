@@ -32,16 +32,22 @@ async def login_page(request: web.Request) -> web.StreamResponse:
     return _page("login.html")
 
 
-async def home_page(request: web.Request) -> web.StreamResponse:
+async def signed_in_page(request: web.Request, name: str) -> web.StreamResponse:
+    """A page of the web shell, or a redirect to the login page without a live session.
+
+    The page's own API calls do the authorization; this only spares a blank page.
+    """
     if not await _signed_in(request):
         raise web.HTTPSeeOther("/")
-    return _page("home.html")
+    return _page(name)
+
+
+async def home_page(request: web.Request) -> web.StreamResponse:
+    return await signed_in_page(request, "home.html")
 
 
 async def journal_page(request: web.Request) -> web.StreamResponse:
-    if not await _signed_in(request):
-        raise web.HTTPSeeOther("/")
-    return _page("journal.html")
+    return await signed_in_page(request, "journal.html")
 
 
 ROUTES = [
