@@ -138,6 +138,8 @@ class TeleconsultationConfig:
     guest_pass_minutes: float = 10.0
     birth_date_max_failures: int = 5
     birth_date_window_minutes: float = 15.0
+    recording: bool = True
+    recording_max_megabytes: int = 2048
 
 
 @dataclass(frozen=True)

@@ -103,6 +103,8 @@ class TeleconsultationSettings:
     birth_date_window_minutes: float = 15.0
     max_records: int = 16
     """Participant records per consultation (the room's capacity limits who is present)."""
+    recording: bool = True
+    recording_max_bytes: int = 2048 * 1024 * 1024
 
     @classmethod
     def from_config(cls, section: TeleconsultationConfig) -> TeleconsultationSettings:
@@ -125,6 +127,8 @@ class TeleconsultationSettings:
             guest_pass_minutes=section.guest_pass_minutes,
             birth_date_max_failures=section.birth_date_max_failures,
             birth_date_window_minutes=section.birth_date_window_minutes,
+            recording=section.recording,
+            recording_max_bytes=section.recording_max_megabytes * 1024 * 1024,
         )
 
     def room_settings(self, turn_secret: str) -> RoomSettings:
@@ -146,6 +150,7 @@ class TeleconsultationSettings:
             rate_burst=self.rate_burst,
             max_message_bytes=self.max_message_bytes,
             turn=turn,
+            recording_available=self.recording,
         )
 
 

@@ -33,6 +33,7 @@ class Action(StrEnum):
     VIEW_CONSULTATION = "consultation.view"
     MANAGE_CONSULTATION = "consultation.manage"  # participants, join links
     JOIN_CONSULTATION = "consultation.join"  # professionals, over the signaling socket
+    VIEW_RECORDING = "consultation.recording"  # list and download a call's recordings
     START_THREAD = "message.start"  # a new thread of secure messages
     VIEW_THREAD = "message.view"  # read a thread, its attachments, mark it read
     POST_MESSAGE = "message.post"  # answer in a thread
@@ -93,6 +94,13 @@ POLICY: Mapping[Action, Mapping[Relation, frozenset[Role]]] = {
         Relation.NONE: NOBODY,
     },
     Action.JOIN_CONSULTATION: {
+        Relation.OWNER: CALL_PARTICIPANTS,
+        Relation.TEAM: CALL_PARTICIPANTS,
+        Relation.NONE: NOBODY,
+    },
+    # A recording is the call itself (faces, voices, the wound): the clinicians who organised
+    # or took part in it, not the coordinator who only scheduled it.
+    Action.VIEW_RECORDING: {
         Relation.OWNER: CALL_PARTICIPANTS,
         Relation.TEAM: CALL_PARTICIPANTS,
         Relation.NONE: NOBODY,

@@ -46,6 +46,14 @@ Rules (decisions documented here, see issue 6):
 - Recording runs exactly while a professional has asked for it and every admitted
   participant has consented to recording: it stops as soon as someone revokes or someone
   without that consent is admitted, and starts again once all have consented.
+- The recorder is a server-side peer with the reserved id ``recorder``: while recording
+  runs, each admitted participant offers it their media (``offer``/``candidate`` with
+  ``to: "recorder"``, relayed to the adapter as ``ToRecorder``); its answers come back
+  through ``from_recorder``. It is never a member: no tile, no consent of its own, not in
+  participant lists. Outside a recording it is ``unknown_peer`` like any absent id. When a
+  recorded participant leaves, ``DropFromRecording`` tells the adapter to close their media.
+  With ``RoomSettings.recording_available`` false (no recorder on this node) nobody has the
+  ``record`` permission, so no one can believe a call is recorded when it is not.
 - A per-socket token bucket (``rate_per_second``, ``rate_burst``) closes floods with 1008.
 """
 
@@ -142,6 +150,9 @@ from signaling.turn import (
 
 # --- Inputs --------------------------------------------------------------------------------
 
+RECORDER_ID: Final = "recorder"
+"""The server-side recording peer's participant id (reserved: no member may use it)."""
+
 # Which roles may (must) be professionals. An interpreter may be a professional interpreter
 # with an account or someone the family brings.
 PROFESSIONAL_ROLES: Final[Mapping[Role, frozenset[bool]]] = {
@@ -166,6 +177,8 @@ class Identity:
     def __post_init__(self) -> None:
         if len(self.participant_id) > MAX_ID_CHARS or not ID_PATTERN.fullmatch(self.participant_id):
             raise ValueError("participant id must match [A-Za-z0-9_-]{1,64}")
+        if self.participant_id == RECORDER_ID:
+            raise ValueError(f"participant id {RECORDER_ID!r} is reserved for the recorder")
         if not 0 < len(self.display_name) <= MAX_NAME_CHARS:
             raise ValueError(f"display name must have 1 to {MAX_NAME_CHARS} characters")
         if self.is_professional not in PROFESSIONAL_ROLES[self.role]:
@@ -190,6 +203,9 @@ class RoomSettings:
     rate_burst: int = 200
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     turn: TurnSettings | None = None
+    recording_available: bool = True
+    """Whether this node runs a recorder; without one nobody gets the ``record`` permission
+    (the adapter sets it from the configuration)."""
 
 
 # --- Outputs -------------------------------------------------------------------------------
@@ -268,7 +284,26 @@ class StopRecording:
     reason: str
 
 
-Action: TypeAlias = Send | Close | Audit | StartRecording | StopRecording
+@dataclass(frozen=True)
+class ToRecorder:
+    """Hand a participant's ``offer``/``candidate`` to the recording peer (``message.sender``
+    is the participant)."""
+
+    consultation_id: str
+    message: RelayedOffer | RelayedCandidate
+
+
+@dataclass(frozen=True)
+class DropFromRecording:
+    """A recorded participant left the call: close their media on the recording peer."""
+
+    consultation_id: str
+    participant_id: str
+
+
+Action: TypeAlias = (
+    Send | Close | Audit | StartRecording | StopRecording | ToRecorder | DropFromRecording
+)
 
 # --- States and transitions as tables (h11 style) ------------------------------------------
 
@@ -377,9 +412,10 @@ PROFESSIONAL_PERMISSIONS: Final = frozenset(Permission)
 OTHER_PERMISSIONS: Final = frozenset({Permission.PUBLISH, Permission.CHAT})
 
 
-def permissions_for(identity: Identity) -> frozenset[Permission]:
-    """What this participant may do in a room."""
-    return PROFESSIONAL_PERMISSIONS if identity.is_professional else OTHER_PERMISSIONS
+def permissions_for(identity: Identity, *, recording: bool = True) -> frozenset[Permission]:
+    """What this participant may do in a room (``recording``: whether a recorder exists)."""
+    allowed = PROFESSIONAL_PERMISSIONS if identity.is_professional else OTHER_PERMISSIONS
+    return allowed if recording else allowed - {Permission.RECORD}
 
 
 _K = TypeVar("_K")
@@ -557,9 +593,8 @@ class Room:
                 tokens=float(self.settings.rate_burst),
                 last=now,
             )
-            self._connections[peer_id] = _Connection(
-                peer_id, identity, bucket, permissions_for(identity)
-            )
+            permissions = permissions_for(identity, recording=self.settings.recording_available)
+            self._connections[peer_id] = _Connection(peer_id, identity, bucket, permissions)
         return self._flush()
 
     def receive(self, peer_id: str, frame: str | bytes, now: float) -> list[Action]:
@@ -609,6 +644,23 @@ class Room:
     def tick(self, now: float) -> list[Action]:
         """Time passed: remove members whose grace period ended."""
         self._expire(now)
+        return self._flush()
+
+    def from_recorder(
+        self, to: str, message: RelayedAnswer | RelayedCandidate | ErrorReply, now: float
+    ) -> list[Action]:
+        """The recording peer answers participant ``to``. Dropped when the recording stopped
+        or the participant is no longer in the call (the recorder works asynchronously, so
+        its answer can arrive late: that is not an error)."""
+        self._expire(now)
+        target = self._members.get(to)
+        if (
+            self._recording_active
+            and target is not None
+            and target.state is MemberState.ADMITTED
+            and target.peer_id is not None
+        ):
+            self._send_to_peer(target.peer_id, message)
         return self._flush()
 
     # --- Dispatch --------------------------------------------------------------------------
@@ -814,7 +866,14 @@ class Room:
             target.peer_id = None
         self._remove_member(target, LeaveReason.REMOVED, now, actor=by)
 
-    def _relay(self, conn: _Connection, to: str, message: ServerMessage) -> None:
+    def _relay(
+        self, conn: _Connection, to: str, message: RelayedOffer | RelayedAnswer | RelayedCandidate
+    ) -> None:
+        if to == RECORDER_ID and self._recording_active:
+            if isinstance(message, RelayedAnswer):
+                raise InvalidField("to", "the recorder answers offers; it never sends one")
+            self._out.append(ToRecorder(self.consultation_id, message))
+            return
         target = self._members.get(to)
         if target is None or target.state is not MemberState.ADMITTED or target is conn.member:
             raise UnknownPeer(f"no admitted participant '{to}' in this consultation")
@@ -902,6 +961,8 @@ class Room:
         if member.state is MemberState.ADMITTED:
             for other in self._admitted_connected():
                 self._send(other, ParticipantLeft(pid, reason))
+            if self._recording_active:
+                self._out.append(DropFromRecording(self.consultation_id, pid))
         else:
             self._send_waiting_list()
         self._update_recording(now)
@@ -1012,9 +1073,8 @@ class Room:
             self._info(m) for m in self._members_in(MemberState.ADMITTED) if m is not member
         )
 
-    @staticmethod
-    def _permissions(identity: Identity) -> tuple[Permission, ...]:
-        allowed = permissions_for(identity)
+    def _permissions(self, identity: Identity) -> tuple[Permission, ...]:
+        allowed = permissions_for(identity, recording=self.settings.recording_available)
         return tuple(p for p in Permission if p in allowed)
 
     def _rtc(self, participant_id: str, now: float) -> tuple[RtcConfiguration, int | None]:

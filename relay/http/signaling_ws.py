@@ -31,7 +31,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Final
+from typing import Any, Final
 
 from aiohttp import WSMsgType, web
 
@@ -44,22 +44,29 @@ from relay.http.consultations import GUEST_COOKIE, Teleconsultation, teleconsult
 from relay.http.context import runtime, session_token
 from relay.http.route import Route
 from relay.policy import Action, is_allowed
+from relay.recorder import Answer as RecorderAnswer
+from relay.recorder import ConsultationRecorder
+from relay.recordings import Recording, RecordingStore
 from signaling.errors import CloseCode, ConsultationEnded, SignalingError, TokenError
-from signaling.messages import ErrorReply, serialize
+from signaling.messages import ErrorReply, RelayedOffer, serialize
 from signaling.room import (
-    Action as RoomAction,
-)
-from signaling.room import (
+    RECORDER_ID,
     Audit,
     AuditKind,
     Close,
+    DropFromRecording,
     Identity,
     Room,
     RoomSettings,
     Send,
     StartRecording,
     StopRecording,
+    ToRecorder,
 )
+from signaling.room import (
+    Action as RoomAction,
+)
+from signaling.turn import rtc_configuration
 
 log = logging.getLogger("relais.signaling")
 
@@ -92,6 +99,7 @@ class _Finish:
 _Step = RoomAction | _Finish
 AuditSink = Callable[[RoomContext, Audit], Awaitable[None]]
 EndedSink = Callable[[str], Awaitable[None]]
+RecorderFactory = Callable[[RoomContext, RecorderAnswer], ConsultationRecorder]
 
 
 class _Peer:
@@ -156,6 +164,7 @@ class SignalingHub:
         audit: AuditSink,
         on_ended: EndedSink,
         clock: Callable[[], float] = time.time,
+        recorder: RecorderFactory | None = None,
     ) -> None:
         self.settings = settings
         self._audit = audit
@@ -163,6 +172,9 @@ class SignalingHub:
         self._clock = clock
         self._rooms: dict[str, _RoomRunner] = {}
         self._ids = itertools.count(1)
+        self._new_recorder = recorder
+        self._recorders: dict[str, ConsultationRecorder] = {}
+        self._recording_tasks: set[asyncio.Task[None]] = set()
 
     @property
     def room_count(self) -> int:
@@ -222,6 +234,65 @@ class SignalingHub:
         for runner in self._rooms.values():
             for peer in runner.peers.values():
                 peer.close(code, reason)
+
+    def recorder(self, consultation_id: str) -> ConsultationRecorder | None:
+        """The running recording peer of a consultation, if any (for tests and metrics)."""
+        return self._recorders.get(consultation_id)
+
+    async def stop_recordings(self, reason: str = "server_stopping") -> None:
+        """Stop every recording and wait until each is stored (graceful shutdown)."""
+        for consultation_id in list(self._recorders):
+            self._stop_recording(consultation_id, reason)
+        while self._recording_tasks:
+            await asyncio.gather(*list(self._recording_tasks), return_exceptions=True)
+
+    # --- The recording peer (issue 6 item 5) ----------------------------------------------
+
+    def _recording_step(self, runner: _RoomRunner, action: _Step) -> None:
+        cid = runner.room.consultation_id
+        if isinstance(action, StartRecording):
+            if self._new_recorder is None:
+                log.warning("recording started but this node has no recorder")
+                return
+            self._stop_recording(cid, "restarted")  # never two recorders for one room
+
+            def answer(participant_id: str, message: Any) -> None:
+                # Back through the room: it drops answers for people no longer in the call.
+                if self._rooms.get(cid) is runner:
+                    now = self._clock()
+                    self._apply(runner, runner.room.from_recorder(participant_id, message, now))
+
+            self._recorders[cid] = self._new_recorder(runner.context, answer)
+        elif isinstance(action, StopRecording):
+            self._stop_recording(cid, action.reason)
+        elif isinstance(action, ToRecorder):
+            recorder = self._recorders.get(cid)
+            if recorder is not None:
+                message = action.message
+                if isinstance(message, RelayedOffer):
+                    self._spawn_recording(recorder.offer(message))
+                else:
+                    self._spawn_recording(recorder.candidate(message))
+        elif isinstance(action, DropFromRecording):
+            recorder = self._recorders.get(cid)
+            if recorder is not None:
+                self._spawn_recording(recorder.drop(action.participant_id, "left"))
+
+    def _stop_recording(self, consultation_id: str, reason: str) -> None:
+        recorder = self._recorders.pop(consultation_id, None)
+        if recorder is not None:
+            self._spawn_recording(recorder.stop(reason))
+
+    def _spawn_recording(self, work: Awaitable[None]) -> None:
+        async def run() -> None:
+            try:
+                await work
+            except Exception:
+                log.exception("recording step failed")
+
+        task = asyncio.ensure_future(run())
+        self._recording_tasks.add(task)
+        task.add_done_callback(self._recording_tasks.discard)
 
     # --- Performing the room's actions ----------------------------------------------------
 
@@ -301,13 +372,10 @@ class SignalingHub:
                         peer.close(action.code, action.reason)
                     else:
                         peer.close(CloseCode.NORMAL, "")
-            elif isinstance(action, StartRecording | StopRecording):
-                # No recording peer on this node yet (issue 6 item 5, optional here): the
-                # consent protocol runs, the media is not written anywhere.
-                log.info(
-                    "recording %s for a consultation: no recorder configured",
-                    "start" if isinstance(action, StartRecording) else "stop",
-                )
+            elif isinstance(
+                action, StartRecording | StopRecording | ToRecorder | DropFromRecording
+            ):
+                self._recording_step(runner, action)
 
     def close_room(self, runner: _RoomRunner, code: int, reason: str) -> None:
         """Close every socket of one room."""
@@ -395,6 +463,31 @@ def audit_record(context: RoomContext, audit: Audit, observer: str) -> AuditReco
     )
 
 
+def recording_stored_record(
+    context: RoomContext, recording: Recording, observer: str
+) -> AuditRecord:
+    """The audit record of a recording whose encrypted media is stored (ids and sizes)."""
+    cid = recording.consultation_id
+    return AuditRecord(
+        action=AuditAction.CONSULTATION_RECORDING_STOP,
+        outcome=Outcome.SUCCESS,
+        now=recording.ended_at,
+        actor=Actor.system(observer),
+        observer=observer,
+        network_address=None,
+        entities=(
+            EntityRef(Kind.CONSULTATION, cid),
+            EntityRef(Kind.RECORDING, recording.id),
+            EntityRef(Kind.CONSULTATION, f"{cid}:{recording.participant_id}"),
+        ),
+        patient=context.patient_ref,
+        detail=(
+            ("reason", f"stored_{recording.end_reason}"),
+            ("size", str(recording.size)),
+        ),
+    )
+
+
 class _NotFound(SignalingError):
     code = "not_found"
     ws_close = CloseCode.POLICY_VIOLATION
@@ -436,6 +529,7 @@ async def on_shutdown(app: web.Application) -> None:
     hub = _HUBS.get(app)
     if hub is not None:
         hub.close_all()
+        await hub.stop_recordings()
 
 
 def _hub(request: web.Request, service: Teleconsultation) -> SignalingHub:
@@ -450,13 +544,41 @@ def _hub(request: web.Request, service: Teleconsultation) -> SignalingHub:
         async def ended(consultation_id: str) -> None:
             await service.store.mark_ended(consultation_id, rt.clock())
 
+        room_settings = service.settings.room_settings(service.secrets.turn)
+        recordings = RecordingStore(rt.db)
+
+        def recorder(context: RoomContext, answer: RecorderAnswer) -> ConsultationRecorder:
+            cid = context.consultation_id
+
+            async def stored(recording: Recording) -> None:
+                # The blob is durable; list it, then trace it. A failure here leaves an
+                # orphaned encrypted blob, never a row without its media.
+                try:
+                    await recordings.add(recording)
+                    await rt.audit.record(recording_stored_record(context, recording, node))
+                except Exception:
+                    log.exception("a stored recording could not be registered")
+
+            return ConsultationRecorder(
+                cid,
+                blobs=rt.blobs,
+                answer=answer,
+                stored=stored,
+                max_bytes=service.settings.recording_max_bytes,
+                clock=rt.clock,
+                rtc=lambda: rtc_configuration(
+                    room_settings.turn, cid, RECORDER_ID, rt.clock().timestamp()
+                ),
+            )
+
         hub = _HUBS.setdefault(
             request.app,
             SignalingHub(
-                service.settings.room_settings(service.secrets.turn),
+                room_settings,
                 audit=audit,
                 on_ended=ended,
                 clock=lambda: rt.clock().timestamp(),
+                recorder=recorder if room_settings.recording_available else None,
             ),
         )
         _DRAIN_WATCHERS[request.app] = asyncio.create_task(_close_when_draining(request.app, hub))

@@ -62,10 +62,12 @@ from signaling.messages import (
 )
 from signaling.room import (
     ALLOWED_MESSAGES,
+    RECORDER_ID,
     Action,
     Audit,
     AuditKind,
     Close,
+    DropFromRecording,
     Identity,
     MemberState,
     Phase,
@@ -76,6 +78,7 @@ from signaling.room import (
     Send,
     StartRecording,
     StopRecording,
+    ToRecorder,
 )
 from signaling.turn import TurnSettings, turn_password
 
@@ -908,6 +911,62 @@ def test_recording_stops_when_no_longer_requested_or_on_end(call: Harness) -> No
     actions = call.send("d", End())
     assert _recording_actions(actions) == [StopRecording(CID, "ended")]
     assert not call.room.recording_active
+
+
+def _recording(call: Harness) -> None:
+    call.send("d", Record(enabled=True))
+    _consent_all(call, ["d", "p"])
+    assert call.room.recording_active
+
+
+def test_offers_to_the_recorder_reach_the_adapter_only_while_recording(call: Harness) -> None:
+    actions = call.send("p", Offer(to=RECORDER_ID, sdp="v=0 patient"))
+    assert errors(actions, "p") == ["unknown_peer"]
+    _recording(call)
+    actions = call.send("p", Offer(to=RECORDER_ID, sdp="v=0 patient"))
+    assert actions == [ToRecorder(CID, RelayedOffer("pat-1", "v=0 patient"))]
+    candidate = Candidate(to=RECORDER_ID, candidate="candidate:1 1 udp 1 1.2.3.4 9 typ host")
+    (handed,) = call.send("d", candidate)
+    assert isinstance(handed, ToRecorder) and handed.message.sender == "doc-1"
+    # The recorder answers offers; nobody answers it.
+    assert errors(call.send("p", Answer(to=RECORDER_ID, sdp="v=0")), "p") == ["invalid_field"]
+    call.send("p", Consent(kind=ConsentKind.RECORDING, granted=False))
+    assert errors(call.send("p", Offer(to=RECORDER_ID, sdp="v=0")), "p") == ["unknown_peer"]
+
+
+def test_recorder_answers_reach_admitted_participants_while_recording(call: Harness) -> None:
+    answer = RelayedAnswer(RECORDER_ID, "v=0 recorder")
+    assert call.room.from_recorder("pat-1", answer, call.now) == []  # not recording
+    _recording(call)
+    assert call.room.from_recorder("pat-1", answer, call.now) == [Send("p", answer)]
+    assert call.room.from_recorder("nobody", answer, call.now) == []
+    call.drop("p")  # in grace: nothing to send it to
+    assert call.room.from_recorder("pat-1", answer, call.now) == []
+
+
+def test_the_recorder_id_is_reserved() -> None:
+    with pytest.raises(ValueError, match="reserved"):
+        Identity(RECORDER_ID, Role.PHYSICIAN, "Dr Enregistreur", is_professional=True)
+
+
+def test_a_recorded_participant_leaving_is_dropped_from_the_recording(call: Harness) -> None:
+    call.enter("n", NURSE)
+    _consent_all(call, ["n"])
+    _recording(call)
+    actions = call.send("n", Leave())
+    assert DropFromRecording(CID, "nurse-1") in actions
+    assert call.room.recording_active  # the others all consented: it goes on
+    actions = call.send("p", Leave())
+    assert DropFromRecording(CID, "pat-1") in actions
+
+
+def test_without_a_recorder_nobody_may_ask_for_recording() -> None:
+    h = Harness(RoomSettings(turn=TURN, recording_available=False))
+    joined = of_type(h.enter("d", DOC), "d", Joined)[0]
+    assert Permission.RECORD not in joined.permissions
+    assert Permission.ADMIT in joined.permissions
+    assert errors(h.send("d", Record(enabled=True)), "d") == ["forbidden"]
+    assert not h.room.recording_requested
 
 
 # --- Rate limit and bad frames --------------------------------------------------------------

@@ -1,0 +1,161 @@
+"""Teleconsultation recordings over HTTPS: the list, and each recording streamed back.
+
+Recordings exist only when everyone present consented (the room enforces it). Reading one
+is a clinical access: authorised by the policy table (``consultation.recording``: the
+clinicians who organised or took part in the call), traced in the audit log before the
+first byte leaves, streamed from the encrypted blob (a recording can be hundreds of MB).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from aiohttp import web
+
+from relay.audit.events import AuditAction, EntityRef, ResourceKind
+from relay.errors import NotFound
+from relay.http import trail
+from relay.http.consultations import _ID, _load_for
+from relay.http.context import runtime
+from relay.http.jsonio import json_response
+from relay.http.route import Route
+from relay.policy import Action
+from relay.recordings import Recording, RecordingStore
+from storage.errors import BlobIntegrityError, BlobNotFound
+
+log = logging.getLogger("relais.recordings")
+
+
+def recording_json(consultation_id: str, recording: Recording) -> dict[str, Any]:
+    return {
+        "id": recording.id,
+        "participant_id": recording.participant_id,
+        "media_type": recording.media_type,
+        "started_at": recording.started_at.isoformat(),
+        "ended_at": recording.ended_at.isoformat(),
+        "duration_seconds": round(recording.duration_seconds, 1),
+        "size": recording.size,
+        "sha256": recording.sha256,
+        "video_frames": recording.video_frames,
+        "audio_frames": recording.audio_frames,
+        "end_reason": recording.end_reason,
+        "url": f"/api/consultations/{consultation_id}/recordings/{recording.id}",
+    }
+
+
+async def list_recordings(request: web.Request) -> web.StreamResponse:
+    _, consultation = await _load_for(request, Action.VIEW_RECORDING)
+    found = await RecordingStore(runtime(request).db).list_for(consultation.id)
+    await trail.record(
+        request,
+        AuditAction.CONSULTATION_READ,
+        entities=(EntityRef(ResourceKind.CONSULTATION, consultation.id),),
+        patient=consultation.patient_ref,
+        detail=(("reason", "recordings_listed"), ("count", str(len(found)))),
+    )
+    return json_response({"recordings": [recording_json(consultation.id, r) for r in found]})
+
+
+async def download_recording(request: web.Request) -> web.StreamResponse:
+    rt = runtime(request)
+    _, consultation = await _load_for(request, Action.VIEW_RECORDING)
+    recording = await RecordingStore(rt.db).get(consultation.id, request.match_info["recording"])
+    if recording is None or not rt.blobs.exists(recording.blob_id):
+        raise NotFound("Enregistrement introuvable.")
+    try:
+        reader = await rt.blobs.open_read(recording.blob_id)
+    except BlobNotFound:
+        raise NotFound("Enregistrement introuvable.") from None
+    async with reader:
+        receipt = await trail.record(
+            request,
+            AuditAction.ATTACHMENT_DOWNLOADED,
+            entities=(
+                EntityRef(ResourceKind.CONSULTATION, consultation.id),
+                EntityRef(ResourceKind.RECORDING, recording.id),
+            ),
+            patient=consultation.patient_ref,
+            detail=(("size", str(recording.size)), ("sha256", recording.sha256)),
+            receipt=True,
+        )
+        assert receipt is not None
+        # No names in the file name: it ends up in download folders and browser histories.
+        day = recording.started_at.strftime("%Y%m%d-%H%M%S")
+        response = web.StreamResponse(
+            headers={
+                "Content-Type": recording.media_type,
+                "Content-Disposition": f'attachment; filename="teleconsultation-{day}.webm"',
+                "Cache-Control": "no-store",
+                "X-Content-SHA256": recording.sha256,
+                trail.RECEIPT_HEADER: receipt.to_header(),
+            }
+        )
+        response.content_length = recording.size
+        await response.prepare(request)
+        try:
+            async for chunk in reader:
+                await response.write(chunk)
+        except BlobIntegrityError:
+            log.error("integrity failure while streaming recording %s; aborted", recording.id)
+            if request.transport is not None:
+                request.transport.abort()
+            return response
+    await response.write_eof()
+    return response
+
+
+_RECORDING_ID = {
+    "name": "recording",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string"},
+}
+_RECORDING = {
+    "type": "object",
+    "properties": {
+        "id": {"type": "string"},
+        "participant_id": {"type": "string"},
+        "media_type": {"type": "string"},
+        "started_at": {"type": "string", "format": "date-time"},
+        "ended_at": {"type": "string", "format": "date-time"},
+        "duration_seconds": {"type": "number"},
+        "size": {"type": "integer"},
+        "sha256": {"type": "string"},
+        "video_frames": {"type": "integer"},
+        "audio_frames": {"type": "integer"},
+        "end_reason": {"type": "string"},
+        "url": {"type": "string"},
+    },
+}
+
+ROUTES = [
+    Route(
+        "GET",
+        "/api/consultations/{id}/recordings",
+        list_recordings,
+        Action.VIEW_RECORDING,
+        "The consultation's recordings (one per participant and uninterrupted stretch)",
+        "consultations",
+        response_schema={
+            "type": "object",
+            "properties": {"recordings": {"type": "array", "items": _RECORDING}},
+        },
+        errors=(401, 403, 404, 503),
+        parameters=(_ID,),
+        resource=ResourceKind.CONSULTATION,
+    ),
+    Route(
+        "GET",
+        "/api/consultations/{id}/recordings/{recording}",
+        download_recording,
+        Action.VIEW_RECORDING,
+        "One recording (WebM, VP8 + Opus), streamed from its encrypted blob",
+        "consultations",
+        response_schema={"type": "string", "format": "binary"},
+        response_content_type="video/webm",
+        errors=(401, 403, 404, 503),
+        parameters=(_ID, _RECORDING_ID),
+        resource=ResourceKind.CONSULTATION,
+    ),
+]

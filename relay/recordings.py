@@ -1,0 +1,117 @@
+"""Teleconsultation recordings in SQL: which encrypted blob holds whose media, when.
+
+The media itself is written by the recording peer (:mod:`relay.recorder`) into the blob
+store (AES-256-GCM); a row here is added only once its blob is durably stored, so a listed
+recording can always be read back. Rows carry ids, times and sizes: nothing clinical.
+"""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Final
+
+from storage.database import Database
+
+_OPAQUE_ID: Final = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+@dataclass(frozen=True)
+class Recording:
+    """One participant's media over one uninterrupted stretch of a recorded call."""
+
+    id: str
+    consultation_id: str
+    participant_id: str
+    blob_id: str
+    media_type: str
+    started_at: datetime
+    ended_at: datetime
+    size: int
+    sha256: str
+    video_frames: int
+    audio_frames: int
+    end_reason: str
+
+    @property
+    def duration_seconds(self) -> float:
+        return max(0.0, (self.ended_at - self.started_at).total_seconds())
+
+
+_COLUMNS: Final = (
+    "id, consultation_id, participant_id, blob_id, media_type, started_at, ended_at, size,"
+    " sha256, video_frames, audio_frames, end_reason"
+)
+
+
+def _recording(row: sqlite3.Row) -> Recording:
+    return Recording(
+        id=row["id"],
+        consultation_id=row["consultation_id"],
+        participant_id=row["participant_id"],
+        blob_id=row["blob_id"],
+        media_type=row["media_type"],
+        started_at=datetime.fromisoformat(row["started_at"]),
+        ended_at=datetime.fromisoformat(row["ended_at"]),
+        size=int(row["size"]),
+        sha256=row["sha256"],
+        video_frames=int(row["video_frames"]),
+        audio_frames=int(row["audio_frames"]),
+        end_reason=row["end_reason"],
+    )
+
+
+class RecordingStore:
+    """Recording rows. Every write is one transaction, durable when it returns."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def add(self, recording: Recording) -> None:
+        """Record a stored recording (its blob must already be durable)."""
+
+        def insert(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                f"INSERT INTO consultation_recordings ({_COLUMNS})"  # noqa: S608 - constant
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    recording.id,
+                    recording.consultation_id,
+                    recording.participant_id,
+                    recording.blob_id,
+                    recording.media_type,
+                    recording.started_at.isoformat(),
+                    recording.ended_at.isoformat(),
+                    recording.size,
+                    recording.sha256,
+                    recording.video_frames,
+                    recording.audio_frames,
+                    recording.end_reason,
+                ),
+            )
+
+        await self._db.transaction(insert)
+
+    async def list_for(self, consultation_id: str) -> list[Recording]:
+        """A consultation's recordings, oldest first."""
+        if not _OPAQUE_ID.fullmatch(consultation_id):
+            return []
+        rows = await self._db.fetchall(
+            f"SELECT {_COLUMNS} FROM consultation_recordings"  # noqa: S608 - constant
+            " WHERE consultation_id = ? ORDER BY started_at, id",
+            (consultation_id,),
+        )
+        return [_recording(row) for row in rows]
+
+    async def get(self, consultation_id: str, recording_id: str) -> Recording | None:
+        """One recording of a consultation, or ``None``."""
+        if not (_OPAQUE_ID.fullmatch(consultation_id) and _OPAQUE_ID.fullmatch(recording_id)):
+            return None
+        row = await self._db.fetchone(
+            f"SELECT {_COLUMNS} FROM consultation_recordings"  # noqa: S608 - constant
+            " WHERE consultation_id = ? AND id = ?",
+            (consultation_id, recording_id),
+        )
+        return None if row is None else _recording(row)

@@ -1,0 +1,217 @@
+"""Server-side recording, end to end: real aiortc peers offer their media to the relay's
+recording peer through the real signaling socket, only once everyone consented; a revoked
+consent stops it; the stored recordings are encrypted blobs that read back as WebM with the
+frames that were sent, listed and downloaded only by the clinicians of the call, traced.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import io
+import json
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import aiohttp
+import av
+from aiortc import AudioStreamTrack, RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+
+from tests.conftest import bearer, login
+from tests.harness.accounts import COORDINATOR, NURSE, PHYSICIAN, SPECIALIST
+from tests.harness.relay_process import RelayProcess
+from tests.signaling.test_ws_aiortc import SmallVideo
+from tests.signaling.ws_harness import Json, client_session, guest_pass, link_of, schedule
+
+RECORDER = "recorder"
+
+
+class Recorded:
+    """One participant: a signaling socket and one send-only connection to the recorder."""
+
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        self.ws = ws
+        self.me = ""
+        self.pc: RTCPeerConnection | None = None
+        self.events: asyncio.Queue[Json] = asyncio.Queue()
+
+    async def send(self, message: Json) -> None:
+        await self.ws.send_str(json.dumps(message))
+
+    async def run(self) -> None:
+        async for msg in self.ws:
+            if msg.type is not aiohttp.WSMsgType.TEXT:
+                break
+            message: Json = json.loads(msg.data)
+            if message["type"] == "answer" and message["from"] == RECORDER:
+                assert self.pc is not None
+                await self.pc.setRemoteDescription(RTCSessionDescription(message["sdp"], "answer"))
+            await self.events.put(message)
+
+    async def event(self, kind: str, timeout: float = 10.0, **match: Any) -> Json:
+        while True:
+            message = await asyncio.wait_for(self.events.get(), timeout)
+            if message["type"] == kind and all(message.get(k) == v for k, v in match.items()):
+                return message
+
+    async def offer_to_recorder(self) -> None:
+        """What the page does when recording starts: offer audio and video, send only."""
+        pc = self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        pc.addTrack(SmallVideo())
+        pc.addTrack(AudioStreamTrack())
+        for transceiver in pc.getTransceivers():
+            transceiver.direction = "sendonly"
+        await pc.setLocalDescription(await pc.createOffer())
+        await self.send({"type": "offer", "to": RECORDER, "sdp": pc.localDescription.sdp})
+
+    async def close(self) -> None:
+        if self.pc is not None:
+            await self.pc.close()
+
+
+@asynccontextmanager
+async def participant(
+    session: aiohttp.ClientSession, path: str, headers: dict[str, str] | None = None
+) -> AsyncIterator[Recorded]:
+    async with session.ws_connect(path, headers=headers or {}) as ws:
+        who = Recorded(ws)
+        runner = asyncio.create_task(who.run())
+        await who.send({"type": "hello", "protocol": 1})
+        await who.event("welcome")
+        try:
+            yield who
+        finally:
+            await who.close()
+            runner.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await runner
+
+
+async def _until(condition: Any, timeout: float, what: str) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+async def _recordings(http: aiohttp.ClientSession, cid: str, token: str) -> list[Json]:
+    async with http.get(f"/api/consultations/{cid}/recordings", headers=bearer(token)) as r:
+        body: Json = await r.json()
+        assert r.status == 200, body
+        found: list[Json] = body["recordings"]
+        return found
+
+
+async def test_recording_runs_with_everyone_s_consent_and_reads_back_as_webm(
+    http: aiohttp.ClientSession, relay: RelayProcess
+) -> None:
+    started = time.time()
+    physician = await login(http, PHYSICIAN.email)
+    consultation = await schedule(
+        http, physician, [{"role": "patient", "display_name": "Mme Enregistrée"}]
+    )
+    cid = consultation["id"]
+    path = f"/ws/consultations/{cid}"
+    _, patient_token = link_of(consultation, "patient")
+    async with client_session(relay) as patient_http:
+        await guest_pass(patient_http, cid, patient_token)
+        async with (
+            participant(http, path, bearer(physician)) as doctor,
+            participant(patient_http, f"{path}?as=guest") as patient,
+        ):
+            await doctor.send({"type": "join"})
+            joined = await doctor.event("joined")
+            assert "record" in joined["permissions"]  # this node runs a recorder
+            doctor.me = joined["you"]["participant_id"]
+            await patient.send({"type": "join"})
+            patient.me = (await patient.event("waiting"))["you"]["participant_id"]
+            await doctor.send({"type": "admit", "participant_id": patient.me})
+            await patient.event("admitted")
+
+            # Before everyone consented the recorder is nobody.
+            await doctor.send({"type": "record", "enabled": True})
+            await doctor.send({"type": "consent", "kind": "recording", "granted": True})
+            await patient.send({"type": "offer", "to": RECORDER, "sdp": "v=0\r\n"})
+            assert (await patient.event("error"))["code"] == "unknown_peer"
+            await patient.send({"type": "consent", "kind": "recording", "granted": True})
+            await doctor.event("recording_state", active=True)
+            await patient.event("recording_state", active=True)
+
+            # An offer the recorder cannot use is answered with a precise error.
+            await patient.send({"type": "offer", "to": RECORDER, "sdp": "v=0\r\nm=nonsense\r\n"})
+            assert (await patient.event("error"))["code"] == "invalid_sdp"
+
+            for who in (doctor, patient):
+                await who.offer_to_recorder()
+            await _until(
+                lambda: all(
+                    w.pc is not None and w.pc.connectionState == "connected"
+                    for w in (doctor, patient)
+                ),
+                20,
+                "both connections to the recorder",
+            )
+            await asyncio.sleep(2.5)  # about 75 frames each at 30 fps
+            assert await _recordings(http, cid, physician) == []  # nothing until it stops
+
+            # The patient withdraws: the recording stops for everyone and is stored.
+            await patient.send({"type": "consent", "kind": "recording", "granted": False})
+            await doctor.event("recording_state", active=False)
+            stored: list[Json] = []
+
+            async def poll() -> None:
+                while len(stored) < 2:
+                    stored[:] = await _recordings(http, cid, physician)
+                    await asyncio.sleep(0.2)
+
+            await asyncio.wait_for(poll(), 30)
+
+    assert sorted(r["participant_id"] for r in stored) == sorted([doctor.me, patient.me])
+    for recording in stored:
+        assert recording["end_reason"] == "missing_consent"
+        assert recording["media_type"] == "video/webm"
+        assert recording["video_frames"] >= 20
+        assert recording["audio_frames"] >= 20
+        async with http.get(recording["url"], headers=bearer(physician)) as response:
+            body = await response.read()
+            assert response.status == 200
+            assert response.headers["Content-Type"] == "video/webm"
+            assert response.headers["Cache-Control"] == "no-store"
+            assert "Mme" not in response.headers["Content-Disposition"]
+            assert response.headers["X-Audit-Receipt"]
+        assert len(body) == recording["size"]
+        assert hashlib.sha256(body).hexdigest() == recording["sha256"]
+        with av.open(io.BytesIO(body)) as container:
+            codecs = sorted(s.codec_context.name for s in container.streams)
+            assert codecs == ["opus", "vp8"]
+            video = container.streams.video[0]
+            assert (video.codec_context.width, video.codec_context.height) == (160, 120)
+            decoded = sum(1 for _ in container.decode(video=0))
+        assert decoded >= 20
+
+    # The media is encrypted at rest: no WebM signature in the blobs written meanwhile.
+    written = [
+        p
+        for p in (relay.data_dir / "blobs").rglob("*")
+        if p.is_file() and p.stat().st_mtime >= started
+    ]
+    assert len(written) >= 2
+    for blob in written:
+        content = blob.read_bytes()
+        assert b"webm" not in content and b"\x1a\x45\xdf\xa3" not in content
+
+    # Only the clinicians of the call: an outsider and the coordinator are refused.
+    for outsider in (SPECIALIST.email, COORDINATOR.email, NURSE.email):
+        token = await login(http, outsider)
+        async with http.get(f"/api/consultations/{cid}/recordings", headers=bearer(token)) as r:
+            assert r.status == 403, outsider
+        async with http.get(stored[0]["url"], headers=bearer(token)) as r:
+            assert r.status == 403, outsider
+    async with http.get(
+        f"/api/consultations/{cid}/recordings/{'0' * 32}", headers=bearer(physician)
+    ) as r:
+        assert r.status == 404
