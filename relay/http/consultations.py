@@ -44,6 +44,7 @@ from relay.policy import Action, Relation, authorize
 from relay.ratelimit import FailureLimiter
 from signaling import messages
 from signaling.errors import CloseCode
+from signaling.room import RECORDER_ID
 
 GUEST_COOKIE: Final = "relais_consultation_guest"
 
@@ -382,6 +383,18 @@ async def protocol(request: web.Request) -> web.StreamResponse:
                 "then open the socket with ?as=guest. Tokens never appear in URLs."
             ),
             "close_codes": CLOSE_CODES,
+            "recording": (
+                f"Server-side recording, when a participant's permissions include 'record': "
+                "it runs while a professional asked for it ('record') and every admitted "
+                "participant consented ('consent', kind 'recording'); 'recording_state' says "
+                f"when. While it runs, each participant sends its media to the peer "
+                f"'{RECORDER_ID}': an 'offer' (send-only) and 'candidate' messages with "
+                f"to='{RECORDER_ID}'; the relay answers with an 'answer' from "
+                f"'{RECORDER_ID}' (its candidates are in the SDP), or an 'error' with code "
+                "'invalid_sdp'. Close that connection when 'recording_state' turns inactive. "
+                f"Outside a recording, '{RECORDER_ID}' is 'unknown_peer'. Stored recordings: "
+                "GET /api/consultations/{id}/recordings."
+            ),
             "messages": messages.json_schema(),
         }
     )

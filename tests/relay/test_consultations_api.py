@@ -313,9 +313,11 @@ async def test_protocol_document_and_openapi(http: aiohttp.ClientSession) -> Non
     assert document["protocol"] == 1
     assert set(document["messages"]["client"]) >= {"hello", "join", "offer", "answer", "admit"}
     assert document["close_codes"]["1009"].startswith("frame larger")
+    assert "to='recorder'" in document["recording"]
     async with http.get("/api/openapi.json") as response:
         paths = (await response.json())["paths"]
     assert "/api/consultations/{id}/join" in paths
+    assert "/api/consultations/{id}/recordings/{recording}" in paths
     assert "/ws/consultations/{id}" not in paths
     async with http.get("/consultation/abc") as response:
         assert response.status == 200

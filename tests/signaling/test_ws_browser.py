@@ -90,9 +90,31 @@ def test_physician_admits_patient_and_both_see_video(browser: Any, relay: RelayP
         patient.fill("#chat-input", "Bonjour docteur")
         patient.click("#chat-form button")
         doctor.wait_for_selector("#chat-log li:has-text('Bonjour docteur')")
+
+        # Recording: asked by the physician, accepted by both, sent to the relay's recorder.
+        doctor.click("#record")
+        for page in (doctor, patient):
+            page.wait_for_selector("#recording-consent:not([hidden])")
+            page.click("#recording-yes")
+        for page in (doctor, patient):
+            page.wait_for_selector("#recording-state:has-text('Enregistrement en cours')")
+            page.wait_for_function(
+                "() => window.relaisConsultation.recorderState() === 'connected'", timeout=20_000
+            )
+        time.sleep(2.0)
+        patient.click("#recording-withdraw")  # stops it for everyone; what was taken is kept
+        doctor.wait_for_selector("#recording-state:not(:has-text('Enregistrement en cours'))")
+        assert doctor.evaluate("window.relaisConsultation.recorderState()") is None
+        deadline = time.monotonic() + 20
+        while doctor.locator("#recordings-list a:has-text('Télécharger')").count() < 2:
+            assert time.monotonic() < deadline, doctor.inner_text("#recordings-list")
+            doctor.click("#recordings-show")
+            time.sleep(0.5)
+        assert patient.locator("#recordings-panel").is_hidden()
+
         patient.click("#leave")
         patient.wait_for_selector("#end-step:not([hidden])")
-        doctor.wait_for_function("document.querySelectorAll('#tiles .tile.remote').length === 0")
+        doctor.wait_for_function("() => !document.querySelector('#tiles .tile.remote')")
     finally:
         doctor_context.close()
         patient_context.close()

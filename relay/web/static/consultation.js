@@ -11,7 +11,9 @@
     physician: "Médecin", nurse: "Infirmier·e", specialist: "Spécialiste",
     patient: "Patient·e", interpreter: "Interprète", guest: "Invité·e",
   };
-  const RECORDER_AVAILABLE = false;
+  // The relay's recording peer (see the protocol document): while a recording runs, each
+  // participant sends it their camera and micro over one extra, send-only connection.
+  const RECORDER = "recorder";
   const STEPS = ["birth-step", "check-step", "waiting-step", "call-step", "end-step"];
 
   const state = {
@@ -30,6 +32,7 @@
     people: new Map(), // participant id -> ParticipantInfo (admitted)
     finished: false,
     recordingConsent: null,
+    recorder: null, // RTCPeerConnection to the recording peer while recording runs
     turnTimer: null,
     pingTimer: null,
   };
@@ -49,6 +52,7 @@
     clearInterval(state.pingTimer);
     clearTimeout(state.turnTimer);
     for (const id of [...state.peers.keys()]) dropPeer(id);
+    stopRecorder();
     if (state.stream) for (const track of state.stream.getTracks()) track.stop();
     $("end-title").textContent = title;
     $("end-text").textContent = text;
@@ -258,6 +262,10 @@
         await onOffer(message);
         break;
       case "answer": {
+        if (message.from === RECORDER) {
+          if (state.recorder) await state.recorder.setRemoteDescription({ type: "answer", sdp: message.sdp });
+          break;
+        }
         const peer = state.peers.get(message.from);
         if (peer) await peer.pc.setRemoteDescription({ type: "answer", sdp: message.sdp });
         break;
@@ -357,9 +365,10 @@
     const professional = state.permissions.includes("admit");
     $("waiting-panel").hidden = !professional;
     $("end").hidden = !state.permissions.includes("end");
-    // No recording peer on the server yet: the button stays hidden so nobody believes a
-    // call is being recorded. Consent prompts still answer a request made through the API.
-    $("record").hidden = !(RECORDER_AVAILABLE && state.permissions.includes("record"));
+    // Only offered when this server runs a recorder (the permission says so).
+    $("record").hidden = !state.permissions.includes("record");
+    $("recordings-panel").hidden = !state.permissions.includes("record") || state.guest;
+    if (resumed) stopRecorder();  // a new socket: the recorder gets a fresh connection
     state.people.clear();
     for (const info of message.participants) state.people.set(info.participant_id, info);
     renderPeople();
@@ -424,6 +433,57 @@
     send({ type: "answer", to: message.from, sdp: pc.localDescription.sdp });
   }
 
+  // --- The recording peer ------------------------------------------------------------------
+
+  async function startRecorder() {
+    const pc = new RTCPeerConnection(state.rtc);
+    state.recorder = pc;
+    for (const track of state.stream.getTracks()) {
+      pc.addTransceiver(track, { direction: "sendonly", streams: [state.stream] });
+    }
+    pc.addEventListener("icecandidate", (event) => {
+      if (!event.candidate || state.recorder !== pc) return;
+      const c = event.candidate.toJSON();
+      send({ type: "candidate", to: RECORDER, candidate: c.candidate, sdpMid: c.sdpMid,
+             sdpMLineIndex: c.sdpMLineIndex, usernameFragment: c.usernameFragment });
+    });
+    const offer = await pc.createOffer();
+    await pc.setLocalDescription(offer);
+    if (state.recorder === pc) send({ type: "offer", to: RECORDER, sdp: pc.localDescription.sdp });
+  }
+
+  function stopRecorder() {
+    if (!state.recorder) return;
+    state.recorder.close();
+    state.recorder = null;
+  }
+
+  async function showRecordings() {
+    const list = $("recordings-list");
+    list.replaceChildren();
+    const response = await fetch(`/api/consultations/${consultationId}/recordings`,
+      { credentials: "same-origin" });
+    if (!response.ok) {
+      list.append(item("Les enregistrements n'ont pas pu être chargés."));
+      return;
+    }
+    const { recordings } = await response.json();
+    if (!recordings.length) list.append(item("Aucun enregistrement terminé pour l'instant."));
+    for (const r of recordings) {
+      const who = state.people.get(r.participant_id) ||
+        (state.me && state.me.participant_id === r.participant_id ? state.me : null);
+      const start = new Date(r.started_at).toLocaleTimeString("fr-FR",
+        { hour: "2-digit", minute: "2-digit" });
+      const li = item(`${start} — ${who ? who.display_name : "Participant"} — ` +
+        `${Math.round(r.duration_seconds)} s `);
+      const link = document.createElement("a");
+      link.href = r.url;
+      link.textContent = "Télécharger";
+      li.append(link);
+      list.append(li);
+    }
+  }
+
   function scheduleTurnRefresh(expiresAt) {
     clearTimeout(state.turnTimer);
     if (!expiresAt) return;
@@ -480,10 +540,12 @@
     $("record").textContent = message.requested ? "Arrêter l'enregistrement" : "Demander l'enregistrement";
     let text = "";
     if (message.active) {
-      text = RECORDER_AVAILABLE ? "● Enregistrement en cours (tous les participants ont accepté)." :
-        "Tous les participants ont accepté l'enregistrement, mais ce serveur n'enregistre pas encore : rien n'est conservé.";
+      text = "● Enregistrement en cours (tous les participants ont accepté).";
+      if (!state.recorder) startRecorder().catch((error) => console.error("recorder", error));
+    } else {
+      stopRecorder();
+      if (message.requested) text = "Enregistrement demandé : en attente de l'accord de tous.";
     }
-    else if (message.requested) text = "Enregistrement demandé : en attente de l'accord de tous.";
     $("recording-state").textContent = text;
     $("recording-consent").hidden = !(message.requested && state.recordingConsent !== true &&
       state.recordingConsent !== false);
@@ -554,6 +616,8 @@
   });
   $("recording-withdraw").addEventListener("click", () =>
     send({ type: "consent", kind: "recording", granted: false }));
+  $("recordings-show").addEventListener("click", () =>
+    showRecordings().catch((error) => console.error("recordings", error)));
   $("chat-form").addEventListener("submit", (event) => {
     event.preventDefault();
     const input = $("chat-input");
@@ -576,6 +640,7 @@
       return totals;
     },
     participantId: () => (state.me ? state.me.participant_id : null),
+    recorderState: () => (state.recorder ? state.recorder.connectionState : null),
   };
 
   start().catch((error) => {
