@@ -51,6 +51,9 @@ from signaling.turn import RtcConfiguration
 from storage.blobs import BlobStore
 
 log = logging.getLogger("relais.recorder")
+# aioice logs every candidate pair (participants' IP addresses) at INFO: not for our logs.
+logging.getLogger("aioice").setLevel(logging.WARNING)
+logging.getLogger("aiortc").setLevel(logging.WARNING)
 
 MEDIA_TYPE: Final = "video/webm"
 VIDEO_BIT_RATE: Final = 600_000

@@ -266,6 +266,8 @@ def build_app(rt: Runtime) -> web.Application:
         table[(route.method, route.path)] = route
     app[ROUTE_TABLE] = table
     app.router.add_static("/static/", pages.STATIC_DIR, append_version=False)
+    # Before the stores close: seal recordings in progress, flush the rooms' audit events.
+    app.on_shutdown.append(signaling_ws.on_shutdown)
     return app
 
 

@@ -235,6 +235,11 @@ class SignalingHub:
             for peer in runner.peers.values():
                 peer.close(code, reason)
 
+    async def settle(self) -> None:
+        """Wait until every room has written its pending audit events and released them."""
+        while performers := [r.performer for r in self._rooms.values() if r.performer]:
+            await asyncio.gather(*performers, return_exceptions=True)
+
     def recorder(self, consultation_id: str) -> ConsultationRecorder | None:
         """The running recording peer of a consultation, if any (for tests and metrics)."""
         return self._recorders.get(consultation_id)
@@ -525,11 +530,14 @@ def hub_of(app: web.Application) -> SignalingHub | None:
 
 
 async def on_shutdown(app: web.Application) -> None:
-    """For ``app.on_shutdown``: close every signaling socket with 1001 (Going Away)."""
+    """For ``app.on_shutdown`` (before the stores close): close every signaling socket with
+    1001 (Going Away), store the recordings in progress, write the rooms' pending audit
+    events."""
     hub = _HUBS.get(app)
     if hub is not None:
         hub.close_all()
         await hub.stop_recordings()
+        await hub.settle()
 
 
 def _hub(request: web.Request, service: Teleconsultation) -> SignalingHub:

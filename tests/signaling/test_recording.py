@@ -14,6 +14,7 @@ import json
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -21,8 +22,9 @@ import av
 from aiortc import AudioStreamTrack, RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
 from tests.conftest import bearer, login
-from tests.harness.accounts import COORDINATOR, NURSE, PHYSICIAN, SPECIALIST
-from tests.harness.relay_process import RelayProcess
+from tests.harness.accounts import COORDINATOR, NURSE, PASSWORD, PHYSICIAN, SPECIALIST
+from tests.harness.redis_server import free_port
+from tests.harness.relay_process import RelayProcess, init_data_dir, relais
 from tests.signaling.test_ws_aiortc import SmallVideo
 from tests.signaling.ws_harness import Json, client_session, guest_pass, link_of, schedule
 
@@ -185,12 +187,12 @@ async def test_recording_runs_with_everyone_s_consent_and_reads_back_as_webm(
             assert response.headers["X-Audit-Receipt"]
         assert len(body) == recording["size"]
         assert hashlib.sha256(body).hexdigest() == recording["sha256"]
-        with av.open(io.BytesIO(body)) as container:
+        with av.open(io.BytesIO(body), mode="r") as container:
             codecs = sorted(s.codec_context.name for s in container.streams)
             assert codecs == ["opus", "vp8"]
             video = container.streams.video[0]
             assert (video.codec_context.width, video.codec_context.height) == (160, 120)
-            decoded = sum(1 for _ in container.decode(video=0))
+            decoded = len(list(container.decode(video=0)))
         assert decoded >= 20
 
     # The media is encrypted at rest: no WebM signature in the blobs written meanwhile.
@@ -215,3 +217,72 @@ async def test_recording_runs_with_everyone_s_consent_and_reads_back_as_webm(
         f"/api/consultations/{cid}/recordings/{'0' * 32}", headers=bearer(physician)
     ) as r:
         assert r.status == 404
+
+
+async def test_a_recording_in_progress_is_stored_when_the_relay_stops_gracefully(
+    tmp_path: Path,
+) -> None:
+    """SIGTERM mid-recording: the relay seals what it has before it exits."""
+    data_dir = init_data_dir(tmp_path)
+    (tmp_path / "pw").write_text(PASSWORD)
+    relais(
+        data_dir, "user", "add", "--email", PHYSICIAN.email, "--role", "physician",
+        "--name", PHYSICIAN.name, "--password-file", str(tmp_path / "pw"),
+        "--rpps", PHYSICIAN.rpps or "",
+    )  # fmt: skip
+    relay = RelayProcess(data_dir, free_port())
+    relay.start()
+    try:
+        async with client_session(relay) as http, client_session(relay) as patient_http:
+            physician = await login(http, PHYSICIAN.email)
+            consultation = await schedule(
+                http, physician, [{"role": "patient", "display_name": "M. Arrêt"}]
+            )
+            cid = consultation["id"]
+            path = f"/ws/consultations/{cid}"
+            _, patient_token = link_of(consultation, "patient")
+            await guest_pass(patient_http, cid, patient_token)
+            async with (
+                participant(http, path, bearer(physician)) as doctor,
+                participant(patient_http, f"{path}?as=guest") as patient,
+            ):
+                await doctor.send({"type": "join"})
+                await doctor.event("joined")
+                await patient.send({"type": "join"})
+                patient.me = (await patient.event("waiting"))["you"]["participant_id"]
+                await doctor.send({"type": "admit", "participant_id": patient.me})
+                await patient.event("admitted")
+                await doctor.send({"type": "record", "enabled": True})
+                for who in (doctor, patient):
+                    await who.send({"type": "consent", "kind": "recording", "granted": True})
+                for who in (doctor, patient):
+                    await who.event("recording_state", active=True)
+                    await who.offer_to_recorder()
+                await _until(
+                    lambda: all(
+                        w.pc is not None and w.pc.connectionState == "connected"
+                        for w in (doctor, patient)
+                    ),
+                    20,
+                    "both connections to the recorder",
+                )
+                await asyncio.sleep(1.5)
+                assert await asyncio.to_thread(relay.stop) == 0
+    finally:
+        relay.stop()
+    first_log = relay.log()
+    relay = RelayProcess(data_dir, free_port())
+    relay.start()
+    try:
+        async with client_session(relay) as http:
+            physician = await login(http, PHYSICIAN.email)
+            stored = await _recordings(http, cid, physician)
+    finally:
+        assert relay.stop() == 0
+    assert len(stored) == 2, first_log
+    # Participants' addresses stay out of the log; the rooms' last audit events were written.
+    assert "aioice" not in first_log and "CandidatePair" not in first_log
+    assert "audit write failed" not in first_log, first_log
+    for recording in stored:
+        assert recording["end_reason"] == "server_stopping"
+        assert recording["video_frames"] > 0
