@@ -354,6 +354,7 @@ class ConsultationRecorder:
         self._lock = asyncio.Lock()  # offers, candidates and stops in arrival order
         self._stopped = False
         self._finishing: set[asyncio.Task[None]] = set()
+        self._latest_offer: dict[str, RelayedOffer] = {}
 
     @property
     def participants(self) -> tuple[str, ...]:
@@ -363,7 +364,11 @@ class ConsultationRecorder:
     async def offer(self, message: RelayedOffer) -> None:
         """A participant offers its media: answer with a receive-only connection."""
         pid = message.sender
+        self._latest_offer[pid] = message
         async with self._lock:
+            if self._latest_offer.get(pid) is not message:
+                return  # superseded while waiting: a burst of offers costs one connection
+            del self._latest_offer[pid]
             if self._stopped:
                 return
             await self._end(pid, "renegotiated")

@@ -150,3 +150,18 @@ async def test_nothing_is_stored_when_no_frame_arrived(bench: Bench) -> None:
     await bench.recorder.stop("not_requested")
     assert bench.stored == []
     assert list(bench.blobs.iter_blob_ids()) == []
+
+
+async def test_a_burst_of_offers_costs_one_connection(bench: Bench) -> None:
+    offers = []
+    for _ in range(20):
+        pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        bench.senders.append(pc)
+        pc.addTrack(SmallVideo())
+        await pc.setLocalDescription(await pc.createOffer())
+        offers.append(RelayedOffer("p7", pc.localDescription.sdp))
+    await asyncio.gather(*(bench.recorder.offer(o) for o in offers))
+    answers = [m for m in bench.answers["p7"] if isinstance(m, RelayedAnswer)]
+    # The first (already running) and the latest are answered; those in between are skipped.
+    assert len(answers) == 2
+    assert bench.recorder.participants == ("p7",)
