@@ -89,10 +89,17 @@ class TooManyRequests(RelayError):
 
 
 class ServiceUnavailable(RelayError):
-    """A dependency (database, audit log, blob store) cannot serve now; nothing was done."""
+    """A dependency (database, audit log, blob store) cannot serve now; nothing was done.
+    ``retry_after`` (seconds), when known, becomes a ``Retry-After`` header."""
 
     http_status = 503
     code = "service_unavailable"
+
+    def __init__(
+        self, message: str, *, code: str | None = None, retry_after: int | None = None
+    ) -> None:
+        super().__init__(message, code=code)
+        self.retry_after = retry_after
 
 
 class InvalidIdentifier(BadRequest):

@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from certs.issue import email_of
 from relay.audit.events import Actor, AuditAction, EntityRef, ResourceKind
-from relay.errors import BadRequest, Forbidden, NotFound
+from relay.errors import BadRequest, Forbidden, NotFound, ServiceUnavailable
 from relay.http import trail
 from relay.http.context import caller, runtime
 from relay.http.jsonio import json_response, read_json_object
@@ -399,7 +399,12 @@ async def relay_certificate(request: web.Request) -> web.StreamResponse:
     try:
         pem = cert_path.read_bytes()
     except FileNotFoundError:
-        raise NotFound("Le certificat S/MIME du relais n'est pas encore créé.") from None
+        # Issued in the background at first start (an RSA key takes seconds): not missing,
+        # not yet there.
+        raise ServiceUnavailable(
+            "Le certificat S/MIME du relais est en cours de création ; réessayez dans un instant.",
+            retry_after=5,
+        ) from None
     return web.Response(
         body=pem,
         headers={
@@ -593,6 +598,6 @@ ROUTES = [
         "messages",
         response_content_type="application/pem-certificate-chain",
         response_schema={"type": "string"},
-        errors=(404,),
+        errors=(503,),
     ),
 ]
