@@ -8,7 +8,6 @@ first byte leaves, streamed from the encrypted blob (a recording can be hundreds
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 from aiohttp import web
@@ -18,13 +17,11 @@ from relay.errors import NotFound
 from relay.http import trail
 from relay.http.consultations import _ID, _load_for
 from relay.http.context import runtime
+from relay.http.files import stream_blob
 from relay.http.jsonio import json_response
 from relay.http.route import Route
 from relay.policy import Action
 from relay.recordings import Recording, RecordingStore
-from storage.errors import BlobIntegrityError, BlobNotFound
-
-log = logging.getLogger("relais.recordings")
 
 
 def recording_json(consultation_id: str, recording: Recording) -> dict[str, Any]:
@@ -63,46 +60,28 @@ async def download_recording(request: web.Request) -> web.StreamResponse:
     recording = await RecordingStore(rt.db).get(consultation.id, request.match_info["recording"])
     if recording is None or not rt.blobs.exists(recording.blob_id):
         raise NotFound("Enregistrement introuvable.")
-    try:
-        reader = await rt.blobs.open_read(recording.blob_id)
-    except BlobNotFound:
-        raise NotFound("Enregistrement introuvable.") from None
-    async with reader:
-        receipt = await trail.record(
-            request,
-            AuditAction.ATTACHMENT_DOWNLOADED,
-            entities=(
-                EntityRef(ResourceKind.CONSULTATION, consultation.id),
-                EntityRef(ResourceKind.RECORDING, recording.id),
-            ),
-            patient=consultation.patient_ref,
-            detail=(("size", str(recording.size)), ("sha256", recording.sha256)),
-            receipt=True,
-        )
-        assert receipt is not None
-        # No names in the file name: it ends up in download folders and browser histories.
-        day = recording.started_at.strftime("%Y%m%d-%H%M%S")
-        response = web.StreamResponse(
-            headers={
-                "Content-Type": recording.media_type,
-                "Content-Disposition": f'attachment; filename="teleconsultation-{day}.webm"',
-                "Cache-Control": "no-store",
-                "X-Content-SHA256": recording.sha256,
-                trail.RECEIPT_HEADER: receipt.to_header(),
-            }
-        )
-        response.content_length = recording.size
-        await response.prepare(request)
-        try:
-            async for chunk in reader:
-                await response.write(chunk)
-        except BlobIntegrityError:
-            log.error("integrity failure while streaming recording %s; aborted", recording.id)
-            if request.transport is not None:
-                request.transport.abort()
-            return response
-    await response.write_eof()
-    return response
+    receipt = await trail.record(
+        request,
+        AuditAction.ATTACHMENT_DOWNLOADED,
+        entities=(
+            EntityRef(ResourceKind.CONSULTATION, consultation.id),
+            EntityRef(ResourceKind.RECORDING, recording.id),
+        ),
+        patient=consultation.patient_ref,
+        detail=(("size", str(recording.size)), ("sha256", recording.sha256)),
+        receipt=True,
+    )
+    assert receipt is not None
+    # No names in the file name: it ends up in download folders and browser histories.
+    day = recording.started_at.strftime("%Y%m%d-%H%M%S")
+    headers = {
+        "Content-Type": recording.media_type,
+        "Content-Disposition": f'attachment; filename="teleconsultation-{day}.webm"',
+        "Cache-Control": "no-store",
+        "X-Content-SHA256": recording.sha256,
+        trail.RECEIPT_HEADER: receipt.to_header(),
+    }
+    return await stream_blob(request, recording.blob_id, recording.size, headers)
 
 
 _RECORDING_ID = {

@@ -14,6 +14,7 @@ import json
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -108,13 +109,23 @@ async def _recordings(http: aiohttp.ClientSession, cid: str, token: str) -> list
         return found
 
 
-async def test_recording_runs_with_everyone_s_consent_and_reads_back_as_webm(
-    http: aiohttp.ClientSession, relay: RelayProcess
-) -> None:
-    started = time.time()
+@dataclass
+class Call:
+    """A physician and an admitted patient on the relay, each with a signaling socket."""
+
+    cid: str
+    physician: str  # bearer token
+    doctor: Recorded
+    patient: Recorded
+
+
+@asynccontextmanager
+async def call_with_patient(
+    http: aiohttp.ClientSession, relay: RelayProcess, patient_name: str
+) -> AsyncIterator[Call]:
     physician = await login(http, PHYSICIAN.email)
     consultation = await schedule(
-        http, physician, [{"role": "patient", "display_name": "Mme Enregistrée"}]
+        http, physician, [{"role": "patient", "display_name": patient_name}]
     )
     cid = consultation["id"]
     path = f"/ws/consultations/{cid}"
@@ -133,44 +144,53 @@ async def test_recording_runs_with_everyone_s_consent_and_reads_back_as_webm(
             patient.me = (await patient.event("waiting"))["you"]["participant_id"]
             await doctor.send({"type": "admit", "participant_id": patient.me})
             await patient.event("admitted")
+            yield Call(cid, physician, doctor, patient)
 
-            # Before everyone consented the recorder is nobody.
-            await doctor.send({"type": "record", "enabled": True})
-            await doctor.send({"type": "consent", "kind": "recording", "granted": True})
-            await patient.send({"type": "offer", "to": RECORDER, "sdp": "v=0\r\n"})
-            assert (await patient.event("error"))["code"] == "unknown_peer"
-            await patient.send({"type": "consent", "kind": "recording", "granted": True})
-            await doctor.event("recording_state", active=True)
-            await patient.event("recording_state", active=True)
 
-            # An offer the recorder cannot use is answered with a precise error.
-            await patient.send({"type": "offer", "to": RECORDER, "sdp": "v=0\r\nm=nonsense\r\n"})
-            assert (await patient.event("error"))["code"] == "invalid_sdp"
+async def _media_to_recorder(*senders: Recorded) -> None:
+    for who in senders:
+        await who.offer_to_recorder()
+    await _until(
+        lambda: all(w.pc is not None and w.pc.connectionState == "connected" for w in senders),
+        20,
+        "every connection to the recorder",
+    )
 
-            for who in (doctor, patient):
-                await who.offer_to_recorder()
-            await _until(
-                lambda: all(
-                    w.pc is not None and w.pc.connectionState == "connected"
-                    for w in (doctor, patient)
-                ),
-                20,
-                "both connections to the recorder",
-            )
-            await asyncio.sleep(2.5)  # about 75 frames each at 30 fps
-            assert await _recordings(http, cid, physician) == []  # nothing until it stops
 
-            # The patient withdraws: the recording stops for everyone and is stored.
-            await patient.send({"type": "consent", "kind": "recording", "granted": False})
-            await doctor.event("recording_state", active=False)
-            stored: list[Json] = []
+async def test_recording_runs_with_everyone_s_consent_and_reads_back_as_webm(
+    http: aiohttp.ClientSession, relay: RelayProcess
+) -> None:
+    started = time.time()
+    async with call_with_patient(http, relay, "Mme Enregistrée") as call:
+        cid, physician, doctor, patient = call.cid, call.physician, call.doctor, call.patient
+        # Before everyone consented the recorder is nobody.
+        await doctor.send({"type": "record", "enabled": True})
+        await doctor.send({"type": "consent", "kind": "recording", "granted": True})
+        await patient.send({"type": "offer", "to": RECORDER, "sdp": "v=0\r\n"})
+        assert (await patient.event("error"))["code"] == "unknown_peer"
+        await patient.send({"type": "consent", "kind": "recording", "granted": True})
+        await doctor.event("recording_state", active=True)
+        await patient.event("recording_state", active=True)
 
-            async def poll() -> None:
-                while len(stored) < 2:
-                    stored[:] = await _recordings(http, cid, physician)
-                    await asyncio.sleep(0.2)
+        # An offer the recorder cannot use is answered with a precise error.
+        await patient.send({"type": "offer", "to": RECORDER, "sdp": "v=0\r\nm=nonsense\r\n"})
+        assert (await patient.event("error"))["code"] == "invalid_sdp"
 
-            await asyncio.wait_for(poll(), 30)
+        await _media_to_recorder(doctor, patient)
+        await asyncio.sleep(2.5)  # about 37 archived frames each at 15 fps
+        assert await _recordings(http, cid, physician) == []  # nothing until it stops
+
+        # The patient withdraws: the recording stops for everyone and is stored.
+        await patient.send({"type": "consent", "kind": "recording", "granted": False})
+        await doctor.event("recording_state", active=False)
+        stored: list[Json] = []
+
+        async def poll() -> None:
+            while len(stored) < 2:
+                stored[:] = await _recordings(http, cid, physician)
+                await asyncio.sleep(0.2)
+
+        await asyncio.wait_for(poll(), 30)
 
     assert sorted(r["participant_id"] for r in stored) == sorted([doctor.me, patient.me])
     for recording in stored:
@@ -233,41 +253,19 @@ async def test_a_recording_in_progress_is_stored_when_the_relay_stops_gracefully
     relay = RelayProcess(data_dir, free_port())
     relay.start()
     try:
-        async with client_session(relay) as http, client_session(relay) as patient_http:
-            physician = await login(http, PHYSICIAN.email)
-            consultation = await schedule(
-                http, physician, [{"role": "patient", "display_name": "M. Arrêt"}]
-            )
-            cid = consultation["id"]
-            path = f"/ws/consultations/{cid}"
-            _, patient_token = link_of(consultation, "patient")
-            await guest_pass(patient_http, cid, patient_token)
-            async with (
-                participant(http, path, bearer(physician)) as doctor,
-                participant(patient_http, f"{path}?as=guest") as patient,
-            ):
-                await doctor.send({"type": "join"})
-                await doctor.event("joined")
-                await patient.send({"type": "join"})
-                patient.me = (await patient.event("waiting"))["you"]["participant_id"]
-                await doctor.send({"type": "admit", "participant_id": patient.me})
-                await patient.event("admitted")
-                await doctor.send({"type": "record", "enabled": True})
-                for who in (doctor, patient):
-                    await who.send({"type": "consent", "kind": "recording", "granted": True})
-                for who in (doctor, patient):
-                    await who.event("recording_state", active=True)
-                    await who.offer_to_recorder()
-                await _until(
-                    lambda: all(
-                        w.pc is not None and w.pc.connectionState == "connected"
-                        for w in (doctor, patient)
-                    ),
-                    20,
-                    "both connections to the recorder",
-                )
-                await asyncio.sleep(1.5)
-                assert await asyncio.to_thread(relay.stop) == 0
+        async with (
+            client_session(relay) as http,
+            call_with_patient(http, relay, "M. Arrêt") as call,
+        ):
+            cid = call.cid
+            await call.doctor.send({"type": "record", "enabled": True})
+            for who in (call.doctor, call.patient):
+                await who.send({"type": "consent", "kind": "recording", "granted": True})
+            for who in (call.doctor, call.patient):
+                await who.event("recording_state", active=True)
+            await _media_to_recorder(call.doctor, call.patient)
+            await asyncio.sleep(1.5)
+            assert await asyncio.to_thread(relay.stop) == 0
     finally:
         relay.stop()
     first_log = relay.log()
