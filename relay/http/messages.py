@@ -23,6 +23,7 @@ from relay.audit.events import Actor, AuditAction, EntityRef, ResourceKind
 from relay.errors import BadRequest, Forbidden, NotFound, ServiceUnavailable
 from relay.http import trail
 from relay.http.context import caller, runtime
+from relay.http.files import VERIFY_WHOLE_BELOW, stream_blob
 from relay.http.jsonio import json_response, read_json_object
 from relay.http.pages import signed_in_page
 from relay.http.route import Route
@@ -282,7 +283,7 @@ async def download_attachment(request: web.Request) -> web.StreamResponse:
 
 async def attachment_response(
     request: web.Request, thread: Thread, attachment_id: str, *, actor: Actor | None = None
-) -> web.Response:
+) -> web.StreamResponse:
     """One attachment of ``thread``: authenticated, traced (with receipt), then handed out.
 
     Shared by the professionals' thread view and the guest view (``actor`` = the guest).
@@ -296,10 +297,17 @@ async def attachment_response(
     assert message is not None
     names = (await rt.messaging.message_content(message)).attachment_names
     filename = names[attachment.position] if attachment.position < len(names) else "piece-jointe"
-    try:
-        data = await rt.messaging.attachment_data(message, attachment)
-    except BlobIntegrityError:
-        raise NotFound("Pièce jointe illisible (intégrité).") from None
+    # Large attachments in a blob of their own are streamed (each chunk authenticated, the
+    # connection cut on failure) rather than held whole in memory.
+    streamed = (
+        attachment.blob_id != message.content_blob_id and attachment.size >= VERIFY_WHOLE_BELOW
+    )
+    data = b""
+    if not streamed:
+        try:
+            data = await rt.messaging.attachment_data(message, attachment)
+        except BlobIntegrityError:
+            raise NotFound("Pièce jointe illisible (intégrité).") from None
     receipt = await trail.record(
         request,
         AuditAction.ATTACHMENT_DOWNLOADED,
@@ -313,15 +321,15 @@ async def attachment_response(
         receipt=True,
     )
     assert receipt is not None
-    return web.Response(
-        body=data,
-        headers={
-            "Content-Type": attachment.content_type or "application/octet-stream",
-            "Content-Disposition": content_disposition(filename),
-            "X-Content-SHA256": attachment.sha256,
-            trail.RECEIPT_HEADER: receipt.to_header(),
-        },
-    )
+    headers = {
+        "Content-Type": attachment.content_type or "application/octet-stream",
+        "Content-Disposition": content_disposition(filename),
+        "X-Content-SHA256": attachment.sha256,
+        trail.RECEIPT_HEADER: receipt.to_header(),
+    }
+    if streamed:
+        return await stream_blob(request, attachment.blob_id, attachment.size, headers)
+    return web.Response(body=data, headers=headers)
 
 
 def content_disposition(filename: str) -> str:

@@ -4,7 +4,9 @@ delivery states, notifications without health data, audit of every read and send
 from __future__ import annotations
 
 import email.policy
+import hashlib
 import json
+import os
 from email.message import EmailMessage
 
 import aiohttp
@@ -260,3 +262,28 @@ async def test_recipient_with_certificate_gets_the_message_smime_encrypted(
         )
 
     assert await eventually(smime_delivered)
+
+
+async def test_a_large_attachment_is_streamed_back_intact(http: aiohttp.ClientSession) -> None:
+    nurse = await headers_for(http, NURSE.email)
+    doctor = await headers_for(http, PHYSICIAN.email)
+    scan = os.urandom(9 * 1024 * 1024)  # above the whole-verification threshold (8 MiB)
+    file_id = await upload(http, nurse, scan, "application/pdf")
+    created = await start_thread(
+        http,
+        nurse,
+        recipients=[PHYSICIAN.email],
+        subject="Compte rendu d'imagerie",
+        text="Ci-joint le compte rendu.",
+        attachments=[{"file_id": file_id, "filename": "imagerie.pdf"}],
+    )
+    (message,) = (await thread(http, doctor, created["id"]))["messages"]
+    (attachment,) = message["attachments"]
+    async with http.get(attachment["url"], headers=doctor) as response:
+        assert response.status == 200
+        assert response.headers.get("Transfer-Encoding") != "chunked"
+        assert int(response.headers["Content-Length"]) == len(scan)
+        body = await response.read()
+        assert response.headers["X-Content-SHA256"] == hashlib.sha256(scan).hexdigest()
+        assert response.headers["X-Audit-Receipt"]
+    assert body == scan
