@@ -14,7 +14,9 @@ Both servers are driven by the same asyncio client here: 20 connections, each se
 share of the messages one after the other over one SMTP session (as an MTA does), STARTTLS
 once per connection. The files go to ``$TMPDIR``: point it at the data disk to measure it.
 
-Run: ``python -m bench.smtp_inbound`` (``--messages N`` to change the count).
+Run: ``python -m bench.smtp_inbound`` (``--messages N`` to change the count). On Linux the run
+also prints where the CPU goes: per message, each server process (the relay's own, and its
+parser worker processes) and the client, read from ``/proc`` around the measured sending.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import resource
 import socket
 import ssl
 import subprocess
@@ -86,9 +89,14 @@ def relais(data_dir: Path, *args: str) -> None:
 
 @contextmanager
 def running_relay(
-    root: Path, env: dict[str, str] | None = None, *, admin_password: str = ADMIN_PASSWORD
+    root: Path,
+    env: dict[str, str] | None = None,
+    *,
+    admin_password: str = ADMIN_PASSWORD,
+    started: list[int] | None = None,
 ) -> Iterator[tuple[Path, int, int]]:
-    """``relais serve`` with one user (``RECIPIENT``); yields (data dir, https port, smtp port)."""
+    """``relais serve`` with one user (``RECIPIENT``); yields (data dir, https port, smtp port).
+    The server's pid is appended to ``started`` when given."""
     data_dir = root / "data"
     (root / "admin-pw").write_text(admin_password)
     relais(data_dir, "init", "--admin-password-file", str(root / "admin-pw"))
@@ -107,6 +115,8 @@ def running_relay(
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
+    if started is not None:
+        started.append(process.pid)
     try:
         wait_for_port(https, process)
         wait_for_port(smtp, process)
@@ -162,7 +172,9 @@ def _write_fsync(path: Path, data: bytes) -> None:
 
 
 @contextmanager
-def running_baseline(root: Path, cert: Path, key: Path) -> Iterator[int]:
+def running_baseline(
+    root: Path, cert: Path, key: Path, started: list[int] | None = None
+) -> Iterator[int]:
     port = free_port()
     spool = root / "spool"
     spool.mkdir()
@@ -171,6 +183,8 @@ def running_baseline(root: Path, cert: Path, key: Path) -> Iterator[int]:
          str(spool), str(cert), str(key)],
         stdout=subprocess.DEVNULL,
     )  # fmt: skip
+    if started is not None:
+        started.append(process.pid)
     try:
         wait_for_port(port, process)
         yield port
@@ -217,13 +231,66 @@ async def drive(port: int, messages: Sequence[bytes], tls: ssl.SSLContext) -> fl
     return len(messages) / (time.perf_counter() - started)
 
 
+# --- where the CPU goes (Linux) --------------------------------------------------------------
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU of one process (all its threads), 0 when gone or not on Linux."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _descendants(pid: int) -> list[int]:
+    found: list[int] = []
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except OSError:
+        return found
+    for task in tasks:
+        try:
+            children = (task / "children").read_text().split()
+        except OSError:
+            continue
+        for child in map(int, children):
+            found += [child, *_descendants(child)]
+    return found
+
+
+def _cpu_snapshot(server: int) -> tuple[float, float, float]:
+    """CPU seconds so far of (the server process, its descendants, this client process)."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    workers = sum(_cpu_seconds(pid) for pid in _descendants(server))
+    return _cpu_seconds(server), workers, own.ru_utime + own.ru_stime
+
+
+def drive_measured(
+    port: int, messages: Sequence[bytes], tls: ssl.SSLContext, server: int, name: str
+) -> dict[str, float]:
+    """``drive`` (after a warm-up of 50 messages), with the CPU per message of each side."""
+    warm_up, measured = messages[:50], messages[50:]
+    asyncio.run(drive(port, warm_up, tls))
+    before = _cpu_snapshot(server)
+    rate = asyncio.run(drive(port, measured, tls))
+    after = _cpu_snapshot(server)
+    per_message = [(b - a) * 1000 / len(measured) for a, b in zip(before, after, strict=True)]
+    return {
+        name: rate,
+        f"{name}_server_ms": per_message[0],
+        f"{name}_workers_ms": per_message[1],
+        f"{name}_client_ms": per_message[2],
+    }
+
+
 def measure(count: int = 1000) -> dict[str, float]:
-    """Baseline, relay, baseline again; the figures."""
+    """Baseline, relay, baseline again; the figures (rates, and CPU ms per message)."""
     from certs.ca import create_ca
     from certs.issue import issue_server_certificate
     from certs.tls import client_ssl_context
 
-    messages = make_messages(count)
+    messages = make_messages(count + 50)
     figures: dict[str, float] = {"messages": float(count), "bytes": float(len(messages[0]))}
     with tempfile.TemporaryDirectory(prefix="bench-smtp-") as tmp:
         root = Path(tmp)
@@ -233,20 +300,23 @@ def measure(count: int = 1000) -> dict[str, float]:
             root / "server.pem", root / "server.key"
         )
         tls = client_ssl_context([root / "ca.pem"])
-        baselines = []
+        baselines: list[dict[str, float]] = []
         for attempt in range(2):
             (root / f"b{attempt}").mkdir()
+            started: list[int] = []
             with running_baseline(
-                root / f"b{attempt}", root / "server.pem", root / "server.key"
+                root / f"b{attempt}", root / "server.pem", root / "server.key", started
             ) as port:
-                baselines.append(asyncio.run(drive(port, messages, tls)))
+                baselines.append(drive_measured(port, messages, tls, started[0], "baseline"))
             if attempt == 0:
                 relay_root = root / "relay"
                 relay_root.mkdir()
-                with running_relay(relay_root) as (data_dir, _https, smtp):
+                started = []
+                with running_relay(relay_root, started=started) as (data_dir, _https, smtp):
                     relay_tls = client_ssl_context([data_dir / "certs" / "ca.pem"])
-                    figures["relay"] = asyncio.run(drive(smtp, messages, relay_tls))
-        figures["baseline"] = sum(baselines) / len(baselines)
+                    figures |= drive_measured(smtp, messages, relay_tls, started[0], "relay")
+        for key in baselines[0]:
+            figures[key] = sum(b[key] for b in baselines) / len(baselines)
     return figures
 
 
@@ -281,6 +351,13 @@ def cli(argv: Sequence[str]) -> None:
     figures = measure(args.messages)
     print(f"smtp inbound: {figures['messages']:,.0f} messages of {figures['bytes']:,.0f} B")
     print(format_table([("smtp_inbound", r) for r in results(figures)]))
+    print("CPU per message (ms): server process, its worker processes, client")
+    for name in ("baseline", "relay"):
+        print(
+            f"  {name:8s}  server {figures[f'{name}_server_ms']:5.2f}"
+            f"  workers {figures[f'{name}_workers_ms']:5.2f}"
+            f"  client {figures[f'{name}_client_ms']:5.2f}"
+        )
 
 
 if __name__ == "__main__":

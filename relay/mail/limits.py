@@ -1,10 +1,15 @@
 """Parsing inbound mail under explicit limits: raw bytes → :class:`ParsedMessage` (pure).
 
-The standard ``email`` parser is used (``BytesParser`` with ``email.policy.default``, its
-header registry memoised — same behaviour, half the time), but it is not safe on hostile
-input by itself: it recurses once per MIME level (a 1,000-deep message
-raises RecursionError) and checks every line against every enclosing boundary (quadratic in
-depth), and it decodes base64 leniently. So, in this order:
+The standard ``email`` parser builds the tree with ``email.policy.compat32``: the tree is the
+same as with ``email.policy.default`` (both policies cut header fields the same way, and the
+parser itself only reads Content-Type), without building header objects for every field it
+looks at. The few fields extraction uses are then read the way ``policy.default`` reads them
+(unfolded, RFC 2047/2231 decoded): a value in a plain shape (ASCII, no encoded word, comment
+or quoted pair) is read directly, anything else goes through the default header registry
+(see :func:`_unstructured`, :func:`_mime_field`, :func:`_mailboxes`; a test checks both
+readings agree). The parser is not safe on hostile input by itself: it recurses once per MIME
+level (a 1,000-deep message raises RecursionError) and checks every line against every
+enclosing boundary (quadratic in depth), and it decodes base64 leniently. So, in this order:
 
 1. the total size is checked (MessageTooLarge, 552 5.3.4);
 2. a linear pre-scan of the raw lines mirrors the parser's own structure rules (same header
@@ -24,6 +29,8 @@ Only then are the headers, body text and attachments extracted. Attachments of f
 from __future__ import annotations
 
 import binascii
+import bisect
+import functools
 import mimetypes
 import quopri
 import re
@@ -35,6 +42,7 @@ from email import policy as email_policy
 from email.headerregistry import BaseHeader, HeaderRegistry
 from email.message import EmailMessage, Message
 from email.parser import BytesParser
+from email.policy import Policy
 from email.utils import parsedate_to_datetime
 from typing import Any
 
@@ -123,6 +131,29 @@ class _CachedHeaderRegistry(HeaderRegistry):
 # email.policy.default, same behaviour, faster header objects.
 _POLICY = email_policy.default.clone(header_factory=_CachedHeaderRegistry())
 _GENERATOR_POLICY = _POLICY.clone(linesep="\r\n")
+# The tree parse_message walks: header fields kept as raw strings (read on demand below).
+_TREE_POLICY = email_policy.compat32
+
+# Plain shapes of the fields extraction reads, whose policy.default reading is the text itself
+# (no encoded word, comment, quoted pair, RFC 2231 section, group or domain literal).
+_MIME_ATOM = r"[!#$%&'*+\-.^_`{|}~0-9A-Za-z]+"  # RFC 2045 §5.1 token
+# Parameter names and values: a token without RFC 2231's "*", "'" and "%" (RFC 2231 §3, §4).
+_ATTRIBUTE = r"[!#$&+\-.^_`{|}~0-9A-Za-z]+"
+_PLAIN_QUOTED = r'"[ !#-\[\]-~]*"'  # printable, no quote nor backslash
+_PLAIN_MIME = re.compile(
+    rf"[ \t]*{_MIME_ATOM}(?:/{_MIME_ATOM})?[ \t]*"
+    rf"(?:;[ \t]*{_ATTRIBUTE}=(?:{_ATTRIBUTE}|{_PLAIN_QUOTED})[ \t]*)*"
+)
+_PLAIN_PARAM = re.compile(rf";[ \t]*({_ATTRIBUTE})=(?:({_ATTRIBUTE})|\"([^\"]*)\")")
+_ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"  # RFC 5322 §3.2.3
+_PLAIN_ADDR_SPEC = rf"{_ATEXT}(?:\.{_ATEXT})*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*"
+_PLAIN_MAILBOX = re.compile(
+    rf"[ \t]*(?:((?:{_ATEXT}[ \t]+)*{_ATEXT})?[ \t]*<({_PLAIN_ADDR_SPEC})>"
+    rf"|({_PLAIN_ADDR_SPEC}))[ \t]*"
+)
+_PLAIN_MSG_ID = re.compile(rf"[ \t]*<{_ATEXT}(?:\.{_ATEXT})*@{_ATEXT}(?:\.{_ATEXT})*>[ \t]*")
+_NOT_PLAIN_ADDRESS = re.compile(r'["()\\:;\[\]]|=\?')
+_HEADER_ERRORS = (ValueError, IndexError, TypeError, AttributeError, email_errors.MessageError)
 
 
 @dataclass(frozen=True)
@@ -235,14 +266,17 @@ class _Scan:
         return None
 
 
-def _prescan(raw: bytes, limits: MailLimits) -> int:
-    """Check header limits, depth and part count the way the parser will see the structure.
+def _prescan(raw: bytes, limits: MailLimits, policy: Policy = _TREE_POLICY) -> int:
+    """Check header limits, depth and part count the way the parser (with ``policy``) will see
+    the structure.
 
     Returns the size of the top-level header section. Linear in the number of lines (times
     the depth, itself bounded by ``max_depth``).
     """
     scan = _Scan(limits)
     lines = raw.splitlines(keepends=True)
+    # Inside a body only a boundary line changes anything: the body loop jumps between these.
+    dashes = [number for number, line in enumerate(lines) if line[:2] == b"--"]
     mode = "headers"  # headers | body | dsn
     depth = 0
     default_type = "text/plain"
@@ -275,6 +309,10 @@ def _prescan(raw: bytes, limits: MailLimits) -> int:
                     mode, header, header_size, swallow = "headers", [], 0, level
                 continue
         swallow = None
+        if mode == "body":
+            after = bisect.bisect_right(dashes, index)
+            index = dashes[after] if after < len(dashes) else len(lines)
+            continue
         if mode == "headers":
             if _HEADER_LINE.match(line):
                 header_size += len(line)
@@ -291,7 +329,7 @@ def _prescan(raw: bytes, limits: MailLimits) -> int:
             blank = line[:1] in (b"\r", b"\n")
             if scan.top_header_bytes < 0:
                 scan.top_header_bytes = offset
-            content_type, boundary = _content_type(header, default_type)
+            content_type, boundary = _content_type(header, default_type, policy)
             if blank:
                 index += 1  # the separator line; otherwise the line starts the body
             if content_type == "message/delivery-status":
@@ -324,18 +362,28 @@ def _prescan(raw: bytes, limits: MailLimits) -> int:
     return scan.top_header_bytes
 
 
-def _content_type(header: list[bytes], default_type: str) -> tuple[str, str | None]:
+def _content_type(header: list[bytes], default_type: str, policy: Policy) -> tuple[str, str | None]:
     """The parser's own reading of a header section: content type and multipart boundary.
 
     The first Content-Type field is cut out the way ``FeedParser._parse_headers`` does and
     read by the same ``Message`` methods the parser calls (``get_content_type``,
-    ``get_boundary``), so both always agree.
+    ``get_boundary``) under the same policy, so both always agree.
     """
     field = _first_field(header, b"content-type")
     if field is None:
         return default_type, None
-    entity = Message(policy=_POLICY)
-    entity.set_raw(*_POLICY.header_source_parse(field))
+    if sum(map(len, field)) > 512:  # only short fields are kept: the cache stays small
+        return _read_content_type.__wrapped__(tuple(field), default_type, policy)
+    return _read_content_type(tuple(field), default_type, policy)
+
+
+@functools.lru_cache(maxsize=512)
+def _read_content_type(
+    field: tuple[str, ...], default_type: str, policy: Policy
+) -> tuple[str, str | None]:
+    # Memoised: a pure function of its arguments, and most parts carry one of a few fields.
+    entity = Message(policy=policy)
+    entity.set_raw(*policy.header_source_parse(list(field)))
     entity.set_default_type(default_type)
     content_type = entity.get_content_type()
     boundary = entity.get_boundary() if content_type.startswith("multipart/") else None
@@ -381,8 +429,10 @@ def parse_tree(raw: bytes, limits: MailLimits | None = None) -> EmailMessage:
     """
     limits = limits or MailLimits()
     _check_size(raw, limits)
-    _prescan(raw, limits)
-    return _parse_checked(raw, limits)
+    _prescan(raw, limits, _POLICY)
+    message = _parse_checked(raw, limits, _POLICY)
+    assert isinstance(message, EmailMessage)
+    return message
 
 
 def _check_size(raw: bytes, limits: MailLimits) -> None:
@@ -390,12 +440,11 @@ def _check_size(raw: bytes, limits: MailLimits) -> None:
         raise MessageTooLarge(f"Message exceeds {limits.max_message_bytes} octets")
 
 
-def _parse_checked(raw: bytes, limits: MailLimits) -> EmailMessage:
+def _parse_checked(raw: bytes, limits: MailLimits, policy: Policy) -> Message:
     try:
-        message = BytesParser(policy=_POLICY).parsebytes(raw)
+        message = BytesParser(policy=policy).parsebytes(raw)
     except RecursionError:  # unreachable after the pre-scan; kept as a last line of defence
         raise MimeTooDeep() from None
-    assert isinstance(message, EmailMessage)
     entities = _walk(message)
     if len(entities) > limits.max_parts:
         raise TooManyParts(f"More than {limits.max_parts} MIME parts")
@@ -428,7 +477,7 @@ def _walk(message: Message) -> list[tuple[Message, int, str]]:
 
 def _part_name(path: str, part: Message) -> str:
     where = f"part {path}" if path else "message body"
-    return f"{where} ({part.get_content_type()})"
+    return f"{where} ({_PartInfo.content_type_of(part)})"
 
 
 def _defect_text(defect: email_errors.MessageDefect) -> str:
@@ -447,8 +496,8 @@ def parse_message(raw: bytes, limits: MailLimits | None = None) -> ParsedMessage
     """
     limits = limits or MailLimits()
     _check_size(raw, limits)
-    header_bytes = _prescan(raw, limits)
-    message = _parse_checked(raw, limits)
+    header_bytes = _prescan(raw, limits, _TREE_POLICY)
+    message = _parse_checked(raw, limits, _TREE_POLICY)
 
     top = _PartInfo.of(message, "")
     smime_type = top.params.get("smime-type", "").lower()
@@ -487,25 +536,26 @@ def parse_message(raw: bytes, limits: MailLimits | None = None) -> ParsedMessage
         body = "\n".join(plain)
     else:
         body = "\n".join(html_to_text(text[: limits.max_html_chars]) for text in html)
-    from_name, from_address = _from(message)
+    fields = _Fields(message)
+    from_name, from_address = _from(fields)
     return ParsedMessage(
-        message_id=_first_id(message, "message-id"),
-        in_reply_to=_ids(message, "in-reply-to"),
-        references=_ids(message, "references"),
+        message_id=_first_id(fields, "message-id"),
+        in_reply_to=_ids(fields, "in-reply-to"),
+        references=_ids(fields, "references"),
         from_address=from_address,
         from_name=from_name,
-        to=_addresses(message, "to"),
-        cc=_addresses(message, "cc"),
-        subject=" ".join(_header_text(message, "subject").split()),
-        date=_date(message),
+        to=_addresses(fields, "to"),
+        cc=_addresses(fields, "cc"),
+        subject=" ".join((_unstructured(fields, "subject") or "").split()),
+        date=_date(fields),
         text_body=body,
         attachments=tuple(attachments),
         smime_enveloped=enveloped,
         smime_signed=signed,
         disposition_notification_to=next(
-            iter(_addresses(message, "disposition-notification-to")), None
+            iter(_addresses(fields, "disposition-notification-to")), None
         ),
-        auto_submitted=_is_auto_submitted(message),
+        auto_submitted=_is_auto_submitted(fields),
         raw_headers=raw[:header_bytes],
         size=len(raw),
     )
@@ -513,8 +563,8 @@ def parse_message(raw: bytes, limits: MailLimits | None = None) -> ParsedMessage
 
 @dataclass(frozen=True)
 class _PartInfo:
-    """What extraction needs from one entity, its header fields each read once (every read
-    of a field through the default policy parses it again)."""
+    """What extraction needs from one entity, each header field read once, as
+    ``policy.default`` reads it."""
 
     entity: Message
     path: str
@@ -526,31 +576,41 @@ class _PartInfo:
 
     @classmethod
     def of(cls, entity: Message, path: str) -> _PartInfo:
+        fields = _Fields(entity)
         content_type = entity.get_default_type()
         params: dict[str, str] = {}
-        header = entity.get("content-type")
-        if header is not None:
-            # Message.get_content_type's rules, on the field already fetched.
-            value = str(header).partition(";")[0].strip().lower()
+        found = _mime_field(fields, "content-type")
+        if found is not None:
+            # Message.get_content_type's rules, on the field as policy.default reads it.
+            value = found[0].partition(";")[0].strip().lower()
             content_type = value if value.count("/") == 1 else "text/plain"
-            params = {k.lower(): str(v) for k, v in getattr(header, "params", {}).items()}
-        disposition_header = entity.get("content-disposition")
+            params = found[1]
         disposition = None
         filename = None
-        if disposition_header is not None:
-            disposition = str(disposition_header).partition(";")[0].strip().lower()
-            filename = getattr(disposition_header, "params", {}).get("filename")
+        found = _mime_field(fields, "content-disposition")
+        if found is not None:
+            disposition = found[0].partition(";")[0].strip().lower()
+            filename = found[1].get("filename")
         filename = filename or params.get("name")
-        encoding = entity.get("content-transfer-encoding")
+        encoding = _entity_text(fields, "content-transfer-encoding")
         return cls(
             entity=entity,
             path=path,
             content_type=content_type,
             params=params,
             disposition=disposition,
-            filename=str(filename).strip() if filename else None,
-            transfer_encoding=str(encoding).strip().lower() if encoding is not None else "7bit",
+            filename=filename.strip() if filename else None,
+            transfer_encoding=encoding.strip().lower() if encoding is not None else "7bit",
         )
+
+    @staticmethod
+    def content_type_of(entity: Message) -> str:
+        """The content type alone (for error texts)."""
+        found = _mime_field(_Fields(entity), "content-type")
+        if found is None:
+            return entity.get_default_type()
+        value = found[0].partition(";")[0].strip().lower()
+        return value if value.count("/") == 1 else "text/plain"
 
     @property
     def name(self) -> str:
@@ -583,7 +643,7 @@ def _strict_base64(info: _PartInfo) -> bytes:
     invalid = MalformedMessage(f"{info.name}: invalid base64 content")
     if not isinstance(payload, str) or not payload.isascii():
         raise invalid  # 8-bit bytes in a base64 body
-    compact = re.sub(r"[ \t\r\n]+", "", payload).encode("ascii")
+    compact = payload.encode("ascii").translate(None, b" \t\r\n")
     # strict_mode refuses bad characters and misplaced padding; it still accepts a padding
     # character after a complete quantum ("QUJD="), hence the length check (RFC 4648 §4).
     if len(compact) % 4:
@@ -618,13 +678,13 @@ def _attachment(
     ):
         shown = f".{extension}" if extension else "without extension"
         raise ForbiddenAttachment(f"{info.name}: attachment type {shown} is not accepted")
-    content_id = info.entity.get("content-id")
+    content_id = _entity_text(_Fields(info.entity), "content-id")
     return Attachment(
         filename=name,
         content_type=info.content_type,
         data=data,
         inline=info.disposition == "inline",
-        content_id=str(content_id).strip() if content_id is not None else None,
+        content_id=content_id.strip() if content_id is not None else None,
     )
 
 
@@ -673,68 +733,167 @@ def sanitize_filename(filename: str | None, content_type: str, number: int) -> s
     return name
 
 
-def _header_text(message: Message, name: str) -> str:
+# --- header fields, read as policy.default reads them ---------------------------------------
+
+
+class _Fields:
+    """An entity's header fields by lower-case name, unfolded the way
+    ``policy.default.header_fetch_parse`` unfolds them (CR and LF removed)."""
+
+    def __init__(self, entity: Message) -> None:
+        self._by_name: dict[str, list[str]] = {}
+        for name, value in entity.raw_items():
+            text = value if isinstance(value, str) else str(value)
+            self._by_name.setdefault(name.lower(), []).append(
+                text.replace("\r", "").replace("\n", "")
+            )
+
+    def all(self, name: str) -> list[str]:
+        """Every field ``name``, in order."""
+        return self._by_name.get(name, [])
+
+    def first(self, name: str) -> str | None:
+        """The first field ``name`` (what ``Message.get`` returns)."""
+        values = self._by_name.get(name)
+        return values[0] if values else None
+
+
+def _registry(name: str, value: str) -> Any:
+    """The default policy's header object (None when its parser gives up on hostile input)."""
     try:
-        value = message.get(name)
-        return str(value) if value is not None else ""
-    except (ValueError, IndexError, TypeError, AttributeError, email_errors.MessageError):
-        return ""
+        return _POLICY.header_factory(name, value)
+    except _HEADER_ERRORS:
+        return None
 
 
-def _header_objects(message: Message, name: str) -> list[Any]:
-    try:
-        return list(message.get_all(name) or [])
-    except (ValueError, IndexError, TypeError, AttributeError, email_errors.MessageError):
-        return []
+def _entity_registry(name: str, value: str) -> Any:
+    """The default policy's header object for a field of an entity's structure; its parser
+    giving up is not caught here (the caller answers for the whole message)."""
+    return _POLICY.header_factory(name, value)
 
 
-def _addresses(message: Message, name: str) -> tuple[str, ...]:
+def _is_plain(value: str) -> bool:
+    # 8-bit text and RFC 2047 encoded words are what policy.default decodes in these fields.
+    return value.isascii() and "=?" not in value
+
+
+def _text(name: str, value: str) -> str:
+    """``str()`` of the default policy's header object: the value itself when plain."""
+    if _is_plain(value) and (name != "message-id" or _PLAIN_MSG_ID.fullmatch(value)):
+        return value
+    header = _registry(name, value)
+    return str(header) if header is not None else ""
+
+
+def _unstructured(fields: _Fields, name: str) -> str | None:
+    """The first field ``name`` as text (None when absent)."""
+    value = fields.first(name)
+    return None if value is None else _text(name, value)
+
+
+def _entity_text(fields: _Fields, name: str) -> str | None:
+    """The first field ``name`` of an entity's structure as text (None when absent)."""
+    value = fields.first(name)
+    if value is None or _is_plain(value):
+        return value
+    return str(_entity_registry(name, value))
+
+
+def _mime_field(fields: _Fields, name: str) -> tuple[str, dict[str, str]] | None:
+    """The first Content-Type or Content-Disposition: (text, parameters with lower-case
+    names, RFC 2231 and RFC 2047 decoded), as the default header registry reads it."""
+    value = fields.first(name)
+    return None if value is None else _mime_value(name, value)
+
+
+def _mime_value(name: str, value: str) -> tuple[str, dict[str, str]]:
+    if _is_plain(value) and _PLAIN_MIME.fullmatch(value):
+        params: dict[str, str] = {}
+        for found in _PLAIN_PARAM.finditer(value):
+            key = found.group(1).lower()
+            if key in params:
+                break  # a repeated parameter: the registry's recovery rules decide
+            token = found.group(2)
+            params[key] = token if token is not None else found.group(3)
+        else:
+            return value, params
+    header = _entity_registry(name, value)
+    registry_params = getattr(header, "params", {})
+    return str(header), {str(k).lower(): str(v) for k, v in registry_params.items()}
+
+
+def _mailboxes(name: str, value: str) -> list[tuple[str, str]]:
+    """(display name, addr-spec) of each mailbox of an address-list field (groups included).
+
+    Fields unknown to the header registry (Disposition-Notification-To) are read with its
+    address-list parser too.
+    """
+    if _is_plain(value) and not _NOT_PLAIN_ADDRESS.search(value):
+        found: list[tuple[str, str]] = []
+        for item in value.split(","):
+            mailbox = _PLAIN_MAILBOX.fullmatch(item)
+            if mailbox is None:
+                break  # an empty item or another shape: the registry decides
+            display_name, bracketed, bare = mailbox.groups()
+            found.append((display_name or "", bracketed or bare))
+        else:
+            return found
+    if name not in ("from", "to", "cc"):
+        # Unstructured for the registry: read as text (encoded words decoded), then as a list.
+        value = _text(name, value)
+    header = _registry("to", value) if name not in ("from", "cc") else _registry(name, value)
+    out: list[tuple[str, str]] = []
+    for address in getattr(header, "addresses", ()):
+        try:
+            out.append((str(address.display_name or ""), str(address.addr_spec)))
+        except _HEADER_ERRORS:
+            continue
+    return out
+
+
+def _addresses(fields: _Fields, name: str) -> tuple[str, ...]:
     found: list[str] = []
-    for header in _header_objects(message, name):
-        if not hasattr(header, "addresses"):
-            # Fields unknown to the header registry (Disposition-Notification-To) are
-            # unstructured: parse them with the registry's own address-list parser.
-            header = _POLICY.header_factory("to", str(header))
-        for address in getattr(header, "addresses", ()):
+    for value in fields.all(name):
+        for _display_name, addr_spec in _mailboxes(name, value):
             try:
-                normalized = normalize_address(address.addr_spec)
-            except (InvalidAddress, ValueError, AttributeError):
+                normalized = normalize_address(addr_spec)
+            except (InvalidAddress, ValueError):
                 continue
             if normalized not in found:
                 found.append(normalized)
     return tuple(found)
 
 
-def _from(message: Message) -> tuple[str, str]:
-    headers = _header_objects(message, "from")
-    addresses = [a for h in headers for a in getattr(h, "addresses", ())]
-    if not addresses:
+def _from(fields: _Fields) -> tuple[str, str]:
+    mailboxes = [m for value in fields.all("from") for m in _mailboxes("from", value)]
+    if not mailboxes:
         raise MalformedMessage("Missing or empty From header")
-    first = addresses[0]
+    display_name, addr_spec = mailboxes[0]
     try:
-        address = normalize_address(first.addr_spec, sender=True)
+        address = normalize_address(addr_spec, sender=True)
     except InvalidAddress:
         raise MalformedMessage("Invalid From address") from None
-    name = " ".join(str(first.display_name or "").split())
-    return name, address
+    return " ".join(display_name.split()), address
 
 
-def _ids(message: Message, name: str) -> tuple[str, ...]:
+def _ids(fields: _Fields, name: str) -> tuple[str, ...]:
     found: list[str] = []
-    for value in _header_objects(message, name):
-        for message_id in _MSG_ID.findall(str(value)):
+    for value in fields.all(name):
+        for message_id in _MSG_ID.findall(_text(name, value)):
             if message_id not in found:
                 found.append(message_id)
     return tuple(found)
 
 
-def _first_id(message: Message, name: str) -> str | None:
-    ids = _ids(message, name)
+def _first_id(fields: _Fields, name: str) -> str | None:
+    ids = _ids(fields, name)
     return ids[0] if ids else None
 
 
-def _date(message: Message) -> datetime | None:
-    text = _header_text(message, "date")
+def _date(fields: _Fields) -> datetime | None:
+    # The registry's Date object renders a valid date with format_datetime, which reads back
+    # as the same datetime: parsing the field text directly gives the same answer.
+    text = fields.first("date")
     if not text:
         return None
     try:
@@ -744,12 +903,12 @@ def _date(message: Message) -> datetime | None:
     return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
-def _is_auto_submitted(message: Message) -> bool:
+def _is_auto_submitted(fields: _Fields) -> bool:
     """RFC 3834 §5 Auto-Submitted (anything but "no"), and the common older markers."""
-    auto = _header_text(message, "auto-submitted").strip().lower()
+    auto = (_unstructured(fields, "auto-submitted") or "").strip().lower()
     if auto and not auto.startswith("no"):
         return True
-    precedence = _header_text(message, "precedence").strip().lower()
+    precedence = (_unstructured(fields, "precedence") or "").strip().lower()
     if precedence in ("bulk", "junk", "list", "auto_reply"):
         return True
-    return any(_header_text(message, name) for name in ("x-autoreply", "x-autorespond"))
+    return any(_unstructured(fields, name) for name in ("x-autoreply", "x-autorespond"))

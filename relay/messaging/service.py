@@ -81,6 +81,7 @@ from relay.messaging.outbound import (
     thread_link,
 )
 from relay.messaging.store import MessagingStore, NewMessageRecord, code_digest
+from relay.messaging.store import Professional as DirectoryProfessional
 from storage.blobs import BlobStore
 from storage.bus import EventBus
 from storage.database import Database
@@ -365,9 +366,16 @@ class Messaging:
     ) -> Posted:
         parsed = mail.parsed
         sender = parsed.from_address
-        # A reply to mail of ours that came to a mailbox address rather than the reply
-        # address: In-Reply-To/References name the thread (RFC 5322 §3.6.4).
-        known = await self.store.threads_by_mail_ids([*parsed.in_reply_to, *parsed.references])
+        # The three reads this may need, independent of one another, queue together on the
+        # database thread: one wait instead of three (each wait is behind the commits of
+        # other messages: ~10 ms under load, issue 4).
+        known, copies, professional = await asyncio.gather(
+            # A reply to mail of ours that came to a mailbox address rather than the reply
+            # address: In-Reply-To/References name the thread (RFC 5322 §3.6.4).
+            self.store.threads_by_mail_ids([*parsed.in_reply_to, *parsed.references]),
+            self._inbound_copies(parsed.message_id),
+            self.store.professional_by_email(sender),
+        )
         for thread_id in known:
             thread = await self.store.thread(thread_id)
             if thread is None:
@@ -382,17 +390,16 @@ class Messaging:
             return await self._post_mail(
                 mail, thread, author, joining, subject, parsed.reply_text, now, before_commit
             )
-        if parsed.message_id is not None:
-            for thread_id, message_id in await self.store.inbound_copies(parsed.message_id):
-                thread = await self.store.thread(thread_id)
-                if (
-                    thread is not None
-                    and thread.by_address(sender) is not None
-                    and all(_in_thread(thread, t) for t in targets)
-                ):
-                    return Posted(thread_id, message_id, duplicate=True)
+        for thread_id, message_id in copies:
+            thread = await self.store.thread(thread_id)
+            if (
+                thread is not None
+                and thread.by_address(sender) is not None
+                and all(_in_thread(thread, t) for t in targets)
+            ):
+                return Posted(thread_id, message_id, duplicate=True)
         thread_id = new_id()
-        author = await self._sender_participant(thread_id, sender, parsed.from_name)
+        author = self._sender_participant(thread_id, sender, parsed.from_name, professional)
         participants = [author]
         for target in targets:
             candidate = self._target_participant(thread_id, target)
@@ -730,8 +737,15 @@ class Messaging:
             new_id(), thread_id, ParticipantKind.EXTERNAL, None, None, address, address
         )
 
-    async def _sender_participant(self, thread_id: str, address: str, name: str) -> Participant:
-        pro = await self.store.professional_by_email(address)
+    async def _inbound_copies(self, rfc822_id: str | None) -> list[tuple[str, str]]:
+        if rfc822_id is None:
+            return []
+        return await self.store.inbound_copies(rfc822_id)
+
+    def _sender_participant(
+        self, thread_id: str, address: str, name: str, pro: DirectoryProfessional | None
+    ) -> Participant:
+        """The author of an inbound mail: the account with that address, or an external."""
         if pro is not None:
             return Participant(
                 new_id(),

@@ -9,9 +9,11 @@ from datetime import UTC, datetime, timedelta, timezone
 from email import policy
 from email.message import Message
 from email.parser import BytesParser
+from typing import Any
 
 import pytest
 
+from relay.mail import limits
 from relay.mail.errors import (
     ForbiddenAttachment,
     HeaderTooLong,
@@ -566,3 +568,149 @@ def test_lenient_quoted_printable_like_every_client() -> None:
         "Content-Transfer-Encoding: quoted-printable\n\nfin de ligne=\ncoll=C3=A9e =XY reste\n"
     )
     assert parse_message(raw).text_body == "fin de lignecollée =XY reste\n"
+
+
+# --- header fields read as policy.default reads them --------------------------------------------
+
+
+def test_encoded_words_and_rfc2231_parameters_decoded() -> None:
+    raw = crlf(
+        "From: =?utf-8?q?Dr_Andr=C3=A9_L=C3=A9vy?= <Andre.Levy@Example.org>\n"
+        'To: "Martin, Claire" <claire.martin@relais.localhost>,'
+        " =?iso-8859-1?q?Equipe_Soins?= <soins@relais.localhost>\n"
+        "Subject: =?iso-8859-1?q?R=E9ponse_=E0?= la =?utf-8?b?ZGVtYW5kZSBkJ2F2aXM=?=\n"
+        'MIME-Version: 1.0\nContent-Type: multipart/mixed; boundary="b"\n\n'
+        "--b\nContent-Type: text/plain; charset=utf-8\n\nbonjour\n"
+        "--b\nContent-Type: application/pdf\nContent-Disposition: attachment;"
+        " filename*=utf-8''compte%20rendu%20%C3%A9t%C3%A9.pdf\n"
+        "Content-Transfer-Encoding: base64\n\nJVBERg==\n"
+        "--b\nContent-Type: application/pdf\nContent-Disposition: attachment;\n"
+        " filename*0*=utf-8''r%C3%A9sum; filename*1*=%C3%A9.pdf\n"
+        "Content-Transfer-Encoding: base64\n\nJVBERg==\n"
+        '--b\nContent-Type: image/jpeg; name="=?utf-8?b?cGxhaWUgw6l0w6kuanBn?="\n'
+        "Content-Transfer-Encoding: base64\n\n/9j/\n--b--\n"
+    )
+    parsed = parse_message(raw)
+    assert (parsed.from_name, parsed.from_address) == ("Dr André Lévy", "andre.levy@example.org")
+    assert parsed.to == ("claire.martin@relais.localhost", "soins@relais.localhost")
+    assert parsed.subject == "Réponse à la demande d'avis"
+    assert [a.filename for a in parsed.attachments] == [
+        "compte rendu été.pdf",  # RFC 2231 §4
+        "résumé.pdf",  # RFC 2231 §4.1 continuations
+        "plaie été.jpg",  # RFC 2047 inside a quoted parameter (Outlook, Gmail)
+    ]
+
+
+def test_undeclared_utf8_subject_and_name_recovered() -> None:
+    raw = (
+        crlf("From: Andre Levy <andre@example.org>\n")
+        + ("Subject: Réponse  urgente\r\nCc: Équipe <soins@relais.localhost>\r\n\r\nx\r\n").encode()
+    )
+    parsed = parse_message(raw)
+    assert parsed.subject == "Réponse urgente"
+    assert parsed.cc == ("soins@relais.localhost",)
+
+
+def test_unreadable_fields_are_ignored_not_fatal() -> None:
+    # The header registry's own parser raises IndexError on these: a bad receipt request or
+    # Message-ID is ignored like a bad Cc, the message itself is accepted.
+    for receipt_to in ("<", ':_;"', "#x=@"):
+        raw = crlf(HEAD + f"Disposition-Notification-To: {receipt_to}\nMessage-ID: <@h>\n\nx\n")
+        parsed = parse_message(raw)
+        assert parsed.disposition_notification_to is None
+        assert parsed.message_id is None
+
+
+_FIELD_PIECES = [
+    "a", "Zb", "x9", "text/plain", "application/pdf", ";", "; ", " ", "  ", "\t", "=", '"', ".",
+    "-", "_", "@", "<", ">", ",", "!", "#", "$", "&", "+", "^", "`", "{", "|", "}", "~", "'",
+    "%", "*", "/", "?", "name=", "filename=", 'filename="', "charset=utf-8", "Dr", "x@y.org",
+    "<a@b.c>", "a.b", "..", "(", ")", ":", "\\", "é", "=?utf-8?q?a?=",
+]  # fmt: skip
+
+
+def _registry_mime(name: str, value: str) -> tuple[str, dict[str, str]] | str:
+    try:
+        header = limits._POLICY.header_factory(name, value)
+    except Exception as exc:
+        return type(exc).__name__
+    params = {str(k).lower(): str(v) for k, v in getattr(header, "params", {}).items()}
+    return str(header).partition(";")[0].strip().lower(), params
+
+
+def _read_mime(name: str, value: str) -> tuple[str, dict[str, str]] | str:
+    try:
+        text, params = limits._mime_value(name, value)
+    except Exception as exc:
+        return type(exc).__name__
+    return text.partition(";")[0].strip().lower(), params
+
+
+def _registry_mailboxes(name: str, value: str) -> list[tuple[str, str]]:
+    header = limits._registry(name, value)
+    found = []
+    for address in getattr(header, "addresses", ()):
+        try:
+            found.append((" ".join(str(address.display_name).split()), str(address.addr_spec)))
+        except Exception:  # noqa: S112 - the registry's own error recovery
+            continue
+    return found
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_plain_field_reading_agrees_with_the_header_registry(seed: int) -> None:
+    """The direct reading of plain fields gives what ``policy.default`` gives, on random
+    values built from the characters that matter to MIME and address syntax."""
+    rng = random.Random(seed)
+    plain = 0
+    for _ in range(400):
+
+        def value(size: int) -> str:
+            return "".join(rng.choice(_FIELD_PIECES) for _ in range(rng.randint(0, size)))
+
+        mime = rng.choice(["text/plain; ", "attachment; ", "", "inline;"]) + value(8)
+        structured = rng.choice(["text/plain", "attachment", "Multipart/Mixed", " a/b/c", "x"])
+        for _ in range(rng.randint(0, 3)):
+            token = "".join(rng.choice("aZ9!#$&+-.^_`{|}~'%*/?@ \t=<>,") for _ in range(4))
+            quoted = rng.random() < 0.5
+            structured += rng.choice([";", "; ", " ;"]) + rng.choice(["name", "NAME", "charset"])
+            structured += "=" + (f'"{token}"' if quoted else token) + rng.choice(["", " "])
+        for candidate in (mime, structured):
+            for name in ("content-type", "content-disposition"):
+                assert _read_mime(name, candidate) == _registry_mime(name, candidate), candidate
+            plain += bool(limits._is_plain(candidate) and limits._PLAIN_MIME.fullmatch(candidate))
+        listed = rng.choice(["", "Dr ", "a@b.org, ", '"x" <y@z.org>, ', "<a@b.c>"]) + value(6)
+        for name in ("from", "to"):
+            read = [(" ".join(n.split()), a) for n, a in limits._mailboxes(name, listed)]
+            assert read == _registry_mailboxes(name, listed), (name, listed)
+        text = value(5)
+        for name in ("subject", "message-id"):
+            header = limits._registry(name, text)
+            expected = str(header) if header is not None else ""
+            if name == "message-id":
+                assert limits._MSG_ID.findall(limits._text(name, text)) == limits._MSG_ID.findall(
+                    expected
+                ), text
+            else:
+                assert limits._text(name, text).split() == expected.split(), text
+    assert plain > 20  # the direct path was exercised
+
+
+def test_parse_message_reads_plain_fields_without_the_registry(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The common shape of a message builds no header object at all (the cost issue 4
+    measured); an encoded word still goes through the registry."""
+    calls: list[str] = []
+
+    class Spy(limits._CachedHeaderRegistry):
+        def __call__(self, name: str, value: str) -> Any:
+            calls.append(name.lower())
+            return super().__call__(name, value)
+
+    monkeypatch.setattr(limits, "_POLICY", limits._POLICY.clone(header_factory=Spy()))
+    parse_message(crlf(HEAD + "Subject: Bonjour\nMessage-ID: <a.b@c.d>\n\nx\n"))
+    parse_message(many_parts(3))
+    assert calls == []
+    parse_message(crlf(HEAD + "Subject: =?utf-8?q?Bonjour?=\n\nx\n"))
+    assert calls == ["subject"]

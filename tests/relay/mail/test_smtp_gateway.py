@@ -86,6 +86,22 @@ async def test_starttls_then_delivery_to_a_professional(
     assert "TLSv1" in json.dumps(received[0]["event"])  # how it came is in the trace
 
 
+async def test_the_same_mail_to_a_mailbox_twice_is_stored_once(
+    relay: RelayProcess, http: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    # A client retrying after a lost 250 sends the same Message-ID again: one thread, one
+    # message; another Message-ID with the same subject is a new thread.
+    raw = simple_mail(SENDER, PHYSICIAN.email, subject="Compte rendu en double")
+    for _ in range(2):
+        assert last_reply(_send(relay, tmp_path, raw)).startswith("250 2.0.0")
+    doctor = await headers_for(http, PHYSICIAN.email)
+    (line,) = await _threads_with_subject(http, doctor, "Compte rendu en double")
+    assert len((await thread(http, doctor, line["id"]))["messages"]) == 1
+    other = simple_mail(SENDER, PHYSICIAN.email, subject="Compte rendu en double")
+    assert last_reply(_send(relay, tmp_path, other)).startswith("250 2.0.0")
+    assert len(await _threads_with_subject(http, doctor, "Compte rendu en double")) == 2
+
+
 async def test_never_an_open_relay_and_unknown_recipients_refused_at_rcpt(
     relay: RelayProcess, http: aiohttp.ClientSession
 ) -> None:
