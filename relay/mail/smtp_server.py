@@ -11,6 +11,11 @@
   S/MIME message for the relay's certificate is decrypted there too.
 * ``250`` only once :meth:`Messaging.receive_mail` returned (blobs fsynced, transaction
   committed) and the reception is in the audit log; any refusal is audited as well.
+* A delivery report (RFC 3464) is read in the parser processes too (:mod:`relay.mail.dsn`);
+  sent to the bounce address by a sender the trusted-sender policy accepts for one
+  (:meth:`SenderPolicy.accepts_report`), it fails the deliveries it names, each traced as
+  ``message_relayed`` / serious failure before its commit. Nothing is ever answered to a
+  report but the SMTP reply.
 
 Nothing of a message (subject, body, file names) is logged; aiosmtpd's own logger, which
 logs commands at INFO and DATA lines at DEBUG, is held at WARNING.
@@ -44,6 +49,7 @@ from relay.audit.events import Actor, AuditAction, AuditRecord, EntityRef, Outco
 from relay.audit.log import AuditLog
 from relay.mail import reply_tokens
 from relay.mail.addresses import AddressKind, classify, normalize_address
+from relay.mail.dsn import Bounce, is_delivery_report, read_bounce
 from relay.mail.errors import (
     DecryptionFailed,
     MailError,
@@ -58,7 +64,8 @@ from relay.mail.limits import MailLimits, ParsedMessage, parse_message
 from relay.mail.smime import open_enveloped
 from relay.messaging.core import is_local
 from relay.messaging.inbound import InboundMail, InboundTarget, PeerTls, SenderPolicy, TargetKind
-from relay.messaging.service import Messaging
+from relay.messaging.model import DeliveryState
+from relay.messaging.service import BouncedDelivery, Messaging
 from relay.workers import exit_with
 
 log = logging.getLogger("relais.smtp")
@@ -99,8 +106,14 @@ def _smime_identity() -> tuple[Any, x509.Certificate] | None:
     return _relay_key, _relay_cert
 
 
-def parse_inbound(raw: bytes, limits: MailLimits) -> tuple[ParsedMessage, bool]:
-    """Parse under limits; decrypt when S/MIME-enveloped. Returns (message, was_decrypted).
+Parsed = tuple[ParsedMessage, bool, Bounce | None]
+"""What the parser processes return: the message, whether it was decrypted, and the delivery
+report it is, if it is one."""
+
+
+def parse_inbound(raw: bytes, limits: MailLimits) -> Parsed:
+    """Parse under limits; decrypt when S/MIME-enveloped; read a delivery report (RFC 3464)
+    when the message declares itself one.
 
     Raises MailError (picklable: it crosses the process boundary); anything unexpected from
     the parser on hostile input is a malformed message, not a crash.
@@ -108,15 +121,26 @@ def parse_inbound(raw: bytes, limits: MailLimits) -> tuple[ParsedMessage, bool]:
     try:
         parsed = parse_message(raw, limits)
         if not parsed.smime_enveloped:
-            return parsed, False
+            return parsed, False, _bounce(raw, parsed, limits)
         identity = _smime_identity()
         if identity is None:
             raise DecryptionFailed("The relay has no S/MIME certificate yet")
-        return open_enveloped(raw, identity[0], identity[1], limits), True
+        return open_enveloped(raw, identity[0], identity[1], limits), True, None
     except MailError:
         raise
     except Exception:
         raise MalformedMessage("The message could not be parsed") from None
+
+
+def _bounce(raw: bytes, parsed: ParsedMessage, limits: MailLimits) -> Bounce | None:
+    """The report a message is, or None: an unreadable report is still a mail (kept for
+    postmaster), never a reason to refuse it."""
+    try:
+        if is_delivery_report(parsed.raw_headers):
+            return read_bounce(raw, limits)
+    except Exception:  # MailError included: the report only goes unread
+        return None
+    return None
 
 
 class ParserPool:
@@ -139,7 +163,7 @@ class ParserPool:
             initargs=self._args,
         )
 
-    async def parse(self, raw: bytes) -> tuple[ParsedMessage, bool]:
+    async def parse(self, raw: bytes) -> Parsed:
         """Parse ``raw`` in a worker; MailError for a refused message."""
         loop = asyncio.get_running_loop()
         pool = self._pool
@@ -235,7 +259,7 @@ class InboundHandler:
         messaging: Messaging,
         audit: AuditLog,
         policy: SenderPolicy,
-        parse: Callable[[bytes], Awaitable[tuple[ParsedMessage, bool]]],
+        parse: Callable[[bytes], Awaitable[Parsed]],
         node: str,
         clock: Callable[[], datetime],
         max_recipients: int,
@@ -292,14 +316,20 @@ class InboundHandler:
         tls = peer_tls(session)
         raw: bytes = envelope.original_content
         try:
-            parsed, decrypted = await self.parse(raw)
+            parsed, decrypted, bounce = await self.parse(raw)
             self._check_content(parsed, transaction)
         except MailError as error:
             await self._refused(session, error, tls, _targets_entities(transaction))
             return error.smtp_reply
         except BrokenProcessPool:
             return TEMPORARY_FAILURE
-        mail = InboundMail(parsed, raw, transaction.sender, tuple(transaction.targets), decrypted)
+        if bounce is not None and not self.policy.accepts_report(
+            transaction.sender, parsed.from_address, tls
+        ):
+            bounce = None  # from a sender not trusted here: kept for postmaster, read by nobody
+        mail = InboundMail(
+            parsed, raw, transaction.sender, tuple(transaction.targets), decrypted, bounce
+        )
         detail: tuple[tuple[str, str], ...] = (
             ("smtp_reply", "250-2.0.0"),
             ("size", str(len(raw))),
@@ -321,6 +351,29 @@ class InboundHandler:
                 session, tls, AuditAction.MESSAGE_RECEIVED, Outcome.SUCCESS, entities, detail
             )
 
+        async def trace_bounce(bounced: BouncedDelivery) -> None:
+            # The vocabulary of the outbox's own permanent failures (message_relayed, serious
+            # failure, the status code), with the reporting peer as actor.
+            delivery = bounced.delivery
+            entities = (
+                EntityRef(ResourceKind.THREAD, delivery.thread_id),
+                EntityRef(ResourceKind.MESSAGE, delivery.message_id),
+                EntityRef(ResourceKind.MAIL, delivery.outbox_id),
+            )
+            await self._record(
+                session,
+                tls,
+                AuditAction.MESSAGE_RELAYED,
+                Outcome.SERIOUS_FAILURE,
+                entities,
+                (
+                    ("reason", "bounced"),
+                    ("smtp_reply", bounced.status),
+                    ("from_state", delivery.state.value),
+                    ("to_state", DeliveryState.FAILED.value),
+                ),
+            )
+
         try:
             for target in (t for t in mail.targets if _is_case(t)):
                 await CASE_REPLIES[id(self.messaging)].receive(mail, target, trace_case)
@@ -329,7 +382,11 @@ class InboundHandler:
             mail = dataclasses.replace(
                 mail, targets=tuple(t for t in mail.targets if not _is_case(t))
             )
-            received = await self.messaging.receive_mail(mail, self.clock(), before_commit=trace)
+            received = await self.messaging.receive_mail(
+                mail, self.clock(), before_commit=trace, before_bounce=trace_bounce
+            )
+            if received.bounced:
+                log.info("bounce received: %d delivery(ies) failed", len(received.bounced))
             if not received.posted and received.raw_blob_id is not None:
                 # Postmaster mail: kept encrypted, traced by its blob id.
                 entity = (EntityRef(ResourceKind.MAIL, received.raw_blob_id),)

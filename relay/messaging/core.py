@@ -195,6 +195,7 @@ class DeliveryEvent(StrEnum):
     HANDED_OVER = "handed_over"  # accepted by the smarthost (or written to the outbox dir)
     TEMPORARY_FAILURE = "temporary_failure"  # 4xx, connection refused: retried later
     PERMANENT_FAILURE = "permanent_failure"  # 5xx, or retries exhausted
+    BOUNCED = "bounced"  # a remote MTA's DSN (RFC 3464), after the smarthost accepted it
 
 
 class InvalidTransition(Conflict):
@@ -203,12 +204,16 @@ class InvalidTransition(Conflict):
     code = "invalid_delivery_transition"
 
 
-# THE delivery state machine. Delivered and failed are final.
+# THE delivery state machine. Failed is final. "Delivered" means handed over to the next MTA:
+# a bounce may still come back from further on, and fail it. A bounce can also overtake the
+# hand-over's own commit (a smarthost that bounces at once), hence QUEUED + BOUNCED.
 TRANSITIONS: Final[Mapping[tuple[DeliveryState, DeliveryEvent], DeliveryState]] = MappingProxyType(
     {
         (DeliveryState.QUEUED, DeliveryEvent.HANDED_OVER): DeliveryState.DELIVERED,
         (DeliveryState.QUEUED, DeliveryEvent.TEMPORARY_FAILURE): DeliveryState.QUEUED,
         (DeliveryState.QUEUED, DeliveryEvent.PERMANENT_FAILURE): DeliveryState.FAILED,
+        (DeliveryState.QUEUED, DeliveryEvent.BOUNCED): DeliveryState.FAILED,
+        (DeliveryState.DELIVERED, DeliveryEvent.BOUNCED): DeliveryState.FAILED,
     }
 )
 

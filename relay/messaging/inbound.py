@@ -15,6 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from relay.mail.dsn import Bounce
 from relay.mail.errors import SenderNotAllowed, StartTlsRequired
 from relay.mail.limits import ParsedMessage
 
@@ -85,6 +86,17 @@ class SenderPolicy:
         if self.require_certificate and not self.trusts_peer(tls):
             raise SenderNotAllowed("A trusted client certificate is required to send here")
 
+    def accepts_report(self, sender: str, author: str, tls: PeerTls | None) -> bool:
+        """Whether a delivery report may change delivery states: the rule for mail to a
+        mailbox, applied to the envelope sender or, for the null reverse-path that reports
+        carry (RFC 5321 §4.5.5), to the report's From (MAILER-DAEMON@their.mta). Postmaster
+        itself takes mail from anyone (RFC 5321 §4.5.1); this is no wider door."""
+        try:
+            self.check_sender_for_mailbox(sender or author, tls)
+        except SenderNotAllowed:
+            return False
+        return True
+
     def check_sender_for_mailbox(self, sender: str, tls: PeerTls | None) -> None:
         """At RCPT for a user, team or postmaster: the sender's domain or the peer's
         certificate must be trusted."""
@@ -108,3 +120,5 @@ class InboundMail:
     envelope_from: str
     targets: tuple[InboundTarget, ...]
     decrypted: bool = False
+    bounce: Bounce | None = None
+    """A delivery report (RFC 3464) read from it, from a sender the policy accepts for one."""

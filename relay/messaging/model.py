@@ -56,6 +56,21 @@ class OutboxKind(StrEnum):
 
 
 @dataclass(frozen=True)
+class MailedDelivery:
+    """A mail the relay sent about a message to one participant, and that delivery's state:
+    what a bounce for (Message-ID, recipient) can fail."""
+
+    outbox_id: str
+    rfc822_id: str
+    kind: OutboxKind
+    recipient: str
+    thread_id: str
+    message_id: str
+    participant_id: str
+    state: DeliveryState
+
+
+@dataclass(frozen=True)
 class Participant:
     """One participant of a thread. ``address`` is where mail for them goes (a professional's
     e-mail, a team's relay address, an external address): reply tokens are bound to it."""

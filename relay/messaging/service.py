@@ -41,6 +41,7 @@ from relay.errors import (
 )
 from relay.mail import reply_tokens
 from relay.mail.addresses import normalize_address
+from relay.mail.dsn import Bounce
 from relay.mail.errors import EncryptionFailed, InvalidAddress, MailError
 from relay.mail.limits import Attachment, parse_message
 from relay.mail.mdn import Disposition, RecipientFailure, build_bounce, build_mdn, header_section
@@ -62,6 +63,8 @@ from relay.messaging.model import (
     AttachmentInfo,
     Delivery,
     DeliveryChannel,
+    DeliveryState,
+    MailedDelivery,
     Message,
     MessageSource,
     NewAttachment,
@@ -125,12 +128,27 @@ class Posted:
 
 
 @dataclass(frozen=True)
+class BouncedDelivery:
+    """A delivery that a remote MTA's report (RFC 3464) failed after its hand-over."""
+
+    delivery: MailedDelivery
+    status: str
+    diagnostic: str | None
+
+
+BeforeBounce = Callable[[BouncedDelivery], Awaitable[None]]
+"""Called for each delivery a report is about to fail, before the commit (its audit trace)."""
+
+
+@dataclass(frozen=True)
 class Received:
-    """The outcome of one inbound mail: the raw copy kept, and the messages posted."""
+    """The outcome of one inbound mail: the raw copy kept, the messages posted, the
+    deliveries a bounce failed."""
 
     raw_blob_id: str | None
     posted: tuple[Posted, ...] = ()
     receipts: int = 0
+    bounced: tuple[BouncedDelivery, ...] = ()
 
 
 @dataclass
@@ -271,15 +289,23 @@ class Messaging:
         text: str,
         now: datetime,
         *,
+        attachments: Sequence[NewAttachment] = (),
         before_commit: BeforeCommit | None = None,
     ) -> Posted:
-        """An external participant answers from the guest view."""
-        thread = await self.store.thread(participant.thread_id)
-        if thread is None:
-            raise NotFound("Échange introuvable.")
-        subject = (await self.thread_content(thread)).subject
+        """An external participant answers from the guest view. ``attachments`` are blobs the
+        guest view stored for this answer: they belong to it, and are deleted if it fails."""
+        draft = _Draft([a.blob_id for a in attachments if a.blob_id is not None])
+        try:
+            self._check_size(text, attachments)
+            thread = await self.store.thread(participant.thread_id)
+            if thread is None:
+                raise NotFound("Échange introuvable.")
+            subject = (await self.thread_content(thread)).subject
+        except BaseException:
+            await self._discard(draft)
+            raise
         return await self._post(
-            _Draft(),
+            draft,
             thread=thread,
             author=participant,
             author_professional_id=None,
@@ -287,7 +313,7 @@ class Messaging:
             source=MessageSource.GUEST,
             subject=subject,
             text=text,
-            attachments=[],
+            attachments=attachments,
             now=now,
             before_commit=before_commit,
         )
@@ -314,12 +340,18 @@ class Messaging:
     # --- inbound mail ----------------------------------------------------------------------
 
     async def receive_mail(
-        self, mail: InboundMail, now: datetime, *, before_commit: BeforeCommit | None = None
+        self,
+        mail: InboundMail,
+        now: datetime,
+        *,
+        before_commit: BeforeCommit | None = None,
+        before_bounce: BeforeBounce | None = None,
     ) -> Received:
         """Store an accepted inbound mail in its thread(s); durable when this returns.
 
         The raw mail itself is kept (encrypted) only for postmaster; a message keeps its
-        header section, for receipts and bounces.
+        header section, for receipts and bounces. A delivery report to the bounce address
+        fails the deliveries it names (:meth:`_receive_bounce`).
         """
         posted: list[Posted] = []
         for target in mail.targets:
@@ -335,10 +367,60 @@ class Messaging:
         receipts = 0
         if any(not p.duplicate for p in posted):
             receipts = await self._processed_receipt(mail, now)
+        bounced: tuple[BouncedDelivery, ...] = ()
+        if mail.bounce is not None and any(
+            t.kind is TargetKind.POSTMASTER and t.address == self.bounce_address
+            for t in mail.targets
+        ):
+            bounced = await self._receive_bounce(mail.bounce, now, before_bounce)
         raw_blob_id = None
         if any(t.kind is TargetKind.POSTMASTER for t in mail.targets):
             raw_blob_id = (await self.blobs.put(mail.raw)).blob_id
-        return Received(raw_blob_id, tuple(posted), receipts)
+        return Received(raw_blob_id, tuple(posted), receipts, bounced)
+
+    async def _receive_bounce(
+        self, bounce: Bounce, now: datetime, before_bounce: BeforeBounce | None
+    ) -> tuple[BouncedDelivery, ...]:
+        """Fail each delivery the report says failed: found by (original Message-ID, the
+        report's Final-Recipient), both naming the same mail of ours, or nothing changes
+        (a report for another mail, or naming another address, is only kept for
+        postmaster). ``delayed`` and the other actions change nothing: the MTA still tries.
+        Nothing is ever sent because of it (RFC 5321 §4.5.5: no notification of a bounce).
+        """
+        failures = bounce.failures
+        if not failures:
+            return ()
+        sent = await self.store.mailed_deliveries(bounce.original_message_ids)
+        done: list[BouncedDelivery] = []
+        for failure in failures:
+            for delivery in sent:
+                if (
+                    delivery.recipient != failure.final_recipient
+                    or delivery.state is DeliveryState.FAILED
+                    or any(b.delivery == delivery for b in done)  # a block repeated
+                ):
+                    continue
+                bounced = BouncedDelivery(delivery, failure.status, failure.diagnostic)
+                if before_bounce is not None:
+                    await before_bounce(bounced)
+                reason = " ".join(filter(None, (failure.status, failure.diagnostic)))
+                state = await self.store.apply_bounce(delivery, reason, now)
+                if state is not DeliveryState.FAILED:
+                    continue  # a concurrent copy of the report got there first
+                done.append(bounced)
+                try:
+                    await self.delivery_failed(
+                        message_id=delivery.message_id,
+                        participant_id=delivery.participant_id,
+                        recipient=delivery.recipient,
+                        status=failure.status,
+                        diagnostic=failure.diagnostic or "",
+                        now=now,
+                        bounced=True,
+                    )
+                except Exception as exc:  # the failure is recorded; only its notice is lost
+                    log.error("bounce notice not posted (%s)", type(exc).__name__)
+        return tuple(done)
 
     async def _receive_reply(
         self,
@@ -504,20 +586,25 @@ class Messaging:
         status: str,
         diagnostic: str,
         now: datetime,
+        bounced: bool = False,
     ) -> None:
         """A mail about a message failed for good: tell the author in the thread, and when
-        the author wrote by mail, send them a DSN (RFC 3464) too."""
+        the author wrote by mail, send them a DSN (RFC 3464) too — except when the failure
+        itself came as a report (``bounced``): no mail is ever sent because of a bounce."""
         message = await self.store.message(message_id)
         if message is None:
             return
         await self.publish_delivery(message.thread_id, message_id, participant_id, "failed")
         when = message.created_at.strftime("%d/%m/%Y à %H:%M UTC")
+        returned = " : le serveur du destinataire l'a renvoyé" if bounced else ""
         await self.post_notice(
             message.thread_id,
-            f"Le message du {when} n'a pas pu être remis à {recipient} "
+            f"Le message du {when} n'a pas pu être remis à {recipient}{returned} "
             f"(code {status}). L'échec est définitif.",
             now,
         )
+        if bounced:
+            return
         thread = await self.store.thread(message.thread_id)
         author = (
             None

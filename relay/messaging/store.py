@@ -14,15 +14,17 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from relay.messaging.core import DeliveryEvent, next_delivery_state
+from relay.messaging.core import TRANSITIONS, DeliveryEvent, next_delivery_state
 from relay.messaging.model import (
     AttachmentInfo,
     Delivery,
     DeliveryChannel,
     DeliveryState,
+    MailedDelivery,
     Message,
     MessageSource,
     OutboxEntry,
+    OutboxKind,
     Participant,
     ParticipantKind,
     Thread,
@@ -201,7 +203,7 @@ def apply_delivery_event(
     if row is None:
         return None
     current = DeliveryState(row["state"])
-    if current is not DeliveryState.QUEUED:
+    if (current, event) not in TRANSITIONS:
         return None  # already final: a replayed report changes nothing
     new = next_delivery_state(current, event)
     conn.execute(
@@ -566,6 +568,59 @@ class MessagingStore:
             (*mail_ids, *mail_ids),
         )
         return [row["thread_id"] for row in rows]
+
+    async def mailed_deliveries(self, rfc822_ids: Sequence[str]) -> list[MailedDelivery]:
+        """The message mails (notification, S/MIME) sent with one of these Message-IDs, with
+        the state of the delivery each carried. Guest codes, receipts and bounces of ours
+        carry no delivery: a report about them changes nothing."""
+        if not rfc822_ids:
+            return []
+        marks = _placeholders(len(rfc822_ids))
+        rows = await self.db.fetchall(
+            "SELECT o.id, o.rfc822_id, o.kind, o.recipient, o.thread_id, o.message_id,"  # noqa: S608
+            " o.participant_id, d.state FROM outbox o JOIN message_deliveries d"
+            " ON d.message_id = o.message_id AND d.participant_id = o.participant_id"
+            f" WHERE o.rfc822_id IN ({marks}) AND o.kind IN ('notification', 'smime')",
+            tuple(rfc822_ids),
+        )
+        return [
+            MailedDelivery(
+                outbox_id=row["id"],
+                rfc822_id=row["rfc822_id"],
+                kind=OutboxKind(row["kind"]),
+                recipient=row["recipient"],
+                thread_id=row["thread_id"],
+                message_id=row["message_id"],
+                participant_id=row["participant_id"],
+                state=DeliveryState(row["state"]),
+            )
+            for row in rows
+        ]
+
+    async def apply_bounce(
+        self, delivery: MailedDelivery, reason: str, now: datetime
+    ) -> DeliveryState | None:
+        """A remote MTA reported the mail undeliverable: the delivery fails (one commit); the
+        outbox row keeps its 'sent' state (it was handed over) and records the reason.
+        None when nothing changed (already failed: a replayed report)."""
+
+        def write(conn: sqlite3.Connection) -> DeliveryState | None:
+            state = apply_delivery_event(
+                conn,
+                delivery.message_id,
+                delivery.participant_id,
+                DeliveryEvent.BOUNCED,
+                reason,
+                now,
+            )
+            if state is not None:
+                conn.execute(
+                    "UPDATE outbox SET last_error = ?, updated_at = ? WHERE id = ?",
+                    (f"bounced: {reason}"[:400], _ts(now), delivery.outbox_id),
+                )
+            return state
+
+        return await self.db.transaction(write)
 
     async def inbound_copies(self, rfc822_id: str) -> list[tuple[str, str]]:
         """``(thread_id, message_id)`` of mail already received with this Message-ID."""
