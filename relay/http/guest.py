@@ -6,26 +6,48 @@ a guest session (``POST /api/guest/{id}/session``, an HttpOnly cookie scoped to
 ``/api/guest``) that reads that thread, downloads its attachments and answers in it —
 nothing else. Codes and session tokens are stored hashed; a code serves once, expires, and
 five wrong tries void it. Every step is audited with the guest as actor.
+
+A guest answers (``POST /api/guest/messages``) with text as JSON, or with files too as
+``multipart/form-data`` (fields ``text`` and ``files``): the files are streamed into the encrypted
+blob store under the professionals' limits (per file ``http.max_upload_bytes``, per message
+``messaging.max_message_bytes``), each traced as an import, and belong to the answer (deleted
+if it fails). That request must carry ``X-Relais-Guest: 1``: the session is a cookie, and a
+cross-site form can post multipart but not set a header without a CORS preflight, never
+granted (the JSON endpoints get the same protection from their content type).
 """
 
 from __future__ import annotations
 
+import hashlib
+import re
+from collections.abc import AsyncIterator
 from typing import Any, Final
 
-from aiohttp import web
+from aiohttp import BodyPartReader, web
 
 from relay.audit.events import Actor, ActorKind, AuditAction, EntityRef, Outcome, ResourceKind
-from relay.errors import BadRequest, NotFound, Unauthenticated
+from relay.errors import (
+    BadRequest,
+    Forbidden,
+    NotFound,
+    PayloadTooLarge,
+    Unauthenticated,
+)
 from relay.http import trail
 from relay.http.context import runtime
 from relay.http.jsonio import field_str, json_response, read_json_object
 from relay.http.messages import AUDIT_ENTITIES, attachment_response
 from relay.http.route import Route
-from relay.messaging.core import MAX_TEXT
-from relay.messaging.model import Participant, Thread
+from relay.mail.limits import sanitize_filename
+from relay.messaging.core import MAX_ATTACHMENTS, MAX_TEXT
+from relay.messaging.model import NewAttachment, Participant, Thread
 from relay.policy import Action
+from storage.errors import BlobTooLarge
 
 GUEST_COOKIE: Final = "relais_guest_thread"
+GUEST_HEADER: Final = "X-Relais-Guest"
+# A declared type/subtype as /api/files accepts it; anything else is stored as octet-stream.
+_CONTENT_TYPE = re.compile(r"^[a-z0-9][a-z0-9!#$&^_.+\-]{0,63}/[a-z0-9][a-z0-9!#$&^_.+\-]{0,63}$")
 
 
 def guest_actor(participant: Participant) -> Actor:
@@ -187,6 +209,8 @@ async def download(request: web.Request) -> web.StreamResponse:
 
 
 async def reply(request: web.Request) -> web.StreamResponse:
+    if request.content_type == "multipart/form-data":
+        return await _reply_with_files(request)
     rt = runtime(request)
     participant, thread = await _guest(request)
     body = await read_json_object(request, rt.config.http.max_json_bytes)
@@ -208,6 +232,113 @@ async def reply(request: web.Request) -> web.StreamResponse:
         )
 
     posted = await rt.messaging.post_guest(participant, text, rt.clock(), before_commit=trace)
+    return json_response({"id": posted.message_id}, status=201)
+
+
+async def _chunks(part: BodyPartReader, hasher: hashlib._Hash) -> AsyncIterator[bytes]:
+    while chunk := await part.read_chunk(256 * 1024):
+        hasher.update(chunk)
+        yield chunk
+
+
+async def _text_field(part: BodyPartReader) -> str:
+    limit = MAX_TEXT * 4  # UTF-8: at most 4 bytes a character
+    data = bytearray()
+    while chunk := await part.read_chunk(64 * 1024):
+        data += chunk
+        if len(data) > limit:
+            raise PayloadTooLarge(f"Le message dépasse {MAX_TEXT} caractères.")
+    try:
+        text = data.decode(part.get_charset("utf-8"))
+    except (LookupError, UnicodeDecodeError):
+        raise BadRequest("Le texte n'est pas encodé en UTF-8.", code="invalid_field") from None
+    if len(text) > MAX_TEXT:
+        raise PayloadTooLarge(f"Le message dépasse {MAX_TEXT} caractères.")
+    return text.replace("\r\n", "\n")
+
+
+async def _reply_with_files(request: web.Request) -> web.StreamResponse:
+    rt = runtime(request)
+    participant, thread = await _guest(request)
+    if request.headers.get(GUEST_HEADER) != "1":
+        raise Forbidden(f"En-tête {GUEST_HEADER} manquant.", code="guest_header_missing")
+    actor = guest_actor(participant)
+    per_file = rt.config.http.max_upload_bytes
+    per_message = rt.messaging.config.max_message_bytes
+    too_large = PayloadTooLarge(
+        f"Le message et ses pièces jointes dépassent {per_message // (1024 * 1024)} Mo."
+    )
+    text = ""
+    files: list[NewAttachment] = []
+    try:
+        reader = await request.multipart()
+        while (part := await reader.next()) is not None:
+            if not isinstance(part, BodyPartReader):
+                raise BadRequest("Formulaire imbriqué non accepté.", code="invalid_field")
+            if part.name == "text":
+                text = await _text_field(part)
+                continue
+            if part.name != "files":
+                raise BadRequest(f"Champ inconnu « {part.name} ».", code="invalid_field")
+            if len(files) >= MAX_ATTACHMENTS:
+                raise BadRequest(
+                    f"{MAX_ATTACHMENTS} pièces jointes au plus.", code="too_many_attachments"
+                )
+            declared = (part.headers.get("Content-Type") or "").split(";")[0].strip().lower()
+            content_type = (
+                declared if _CONTENT_TYPE.fullmatch(declared) else "application/octet-stream"
+            )
+            budget = min(per_file, per_message - sum(f.size for f in files))
+            hasher = hashlib.sha256()
+            try:
+                info = await rt.blobs.put(
+                    _chunks(part, hasher), max_bytes=max(0, budget), digest=hasher.hexdigest
+                )
+            except BlobTooLarge:
+                raise too_large from None
+            files.append(
+                NewAttachment(
+                    info.blob_id,
+                    sanitize_filename(part.filename, content_type, len(files) + 1),
+                    content_type,
+                    info.size,
+                    info.sha256,
+                )
+            )
+            await trail.record(
+                request,
+                AuditAction.IMPORT,
+                actor=actor,
+                entities=(
+                    EntityRef(ResourceKind.THREAD, thread.id),
+                    EntityRef(ResourceKind.ATTACHMENT, info.blob_id),
+                ),
+                detail=(("size", str(info.size)), ("sha256", info.sha256)),
+            )
+        if not text.strip() and not files:
+            raise BadRequest("Le message est vide.", code="missing_field")
+    except BaseException:
+        for stored in files:
+            assert stored.blob_id is not None
+            await rt.blobs.delete(stored.blob_id)
+        raise
+
+    async def trace(thread_id: str, message_id: str) -> None:
+        await trail.record(
+            request,
+            AuditAction.MESSAGE_SENT,
+            actor=actor,
+            entities=(
+                EntityRef(ResourceKind.THREAD, thread_id),
+                EntityRef(ResourceKind.MESSAGE, message_id),
+            ),
+            patient=thread.patient_ref,
+            detail=(("reason", "guest_reply"), ("count", str(len(files)))),
+        )
+
+    posted = await rt.messaging.post_guest(
+        participant, text, rt.clock(), attachments=files, before_commit=trace
+    )
     return json_response({"id": posted.message_id}, status=201)
 
 
@@ -282,11 +413,12 @@ ROUTES = [
         "/api/guest/messages",
         reply,
         Action.PUBLIC,
-        "Answer in the guest's thread (guest session)",
+        "Answer in the guest's thread (guest session). With files: multipart/form-data, fields"
+        " text and files, header X-Relais-Guest: 1 (each file stored encrypted and audited)",
         "guest",
         {"type": "object", "required": ["text"], "properties": {"text": {"type": "string"}}},
         response_schema={"type": "object"},
         success_status=201,
-        errors=(400, 401, 415, 503),
+        errors=(400, 401, 403, 413, 415, 503),
     ),
 ]

@@ -81,8 +81,25 @@ document.getElementById("code-form").addEventListener("submit", async (event) =>
 
 document.getElementById("reply-form").addEventListener("submit", async (event) => {
   event.preventDefault();
+  const text = document.getElementById("reply-text").value;
+  const files = document.getElementById("reply-files").files;
+  if (!text.trim() && files.length === 0) {
+    say("reply-status", "Écrivez un message ou joignez un fichier.", true);
+    return;
+  }
   try {
-    await call("/api/guest/messages", { json: { text: document.getElementById("reply-text").value } });
+    if (files.length === 0) {
+      await call("/api/guest/messages", { json: { text } });
+    } else {
+      say("reply-status", "Envoi en cours…");
+      const form = new FormData();
+      form.append("text", text);
+      for (const file of files) form.append("files", file, file.name);
+      // The header proves the request comes from this page, not from a form of another site.
+      await call("/api/guest/messages", {
+        method: "POST", headers: { "X-Relais-Guest": "1" }, body: form,
+      });
+    }
     event.target.reset();
     say("reply-status", "Réponse envoyée.");
     await showThread();

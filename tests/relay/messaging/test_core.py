@@ -190,11 +190,17 @@ def test_delivery_state_machine_is_the_table() -> None:
     assert next_delivery_state(DeliveryState.QUEUED, DeliveryEvent.PERMANENT_FAILURE) is (
         DeliveryState.FAILED
     )
-    for final in (DeliveryState.DELIVERED, DeliveryState.FAILED):
-        for event in DeliveryEvent:
-            assert (final, event) not in TRANSITIONS
+    # A bounce fails a delivered mail (RFC 3464: reported after the hand-over), or a queued
+    # one whose hand-over it overtook; nothing else leaves "delivered", nothing leaves "failed".
+    for state in (DeliveryState.QUEUED, DeliveryState.DELIVERED):
+        assert next_delivery_state(state, DeliveryEvent.BOUNCED) is DeliveryState.FAILED
+    for event in DeliveryEvent:
+        assert (DeliveryState.FAILED, event) not in TRANSITIONS
+        with pytest.raises(InvalidTransition):
+            next_delivery_state(DeliveryState.FAILED, event)
+        if event is not DeliveryEvent.BOUNCED:
             with pytest.raises(InvalidTransition):
-                next_delivery_state(final, event)
+                next_delivery_state(DeliveryState.DELIVERED, event)
 
 
 # --- formats ----------------------------------------------------------------------------------
@@ -257,6 +263,15 @@ def test_sender_policy() -> None:
     with pytest.raises(SenderNotAllowed):
         listed.check_sender_for_mailbox("spam@elsewhere.example", tls)
     listed.check_sender_for_mailbox("x@elsewhere.example", tls_cert)  # mutual TLS peer
+
+    # Delivery reports: the same rule, on the envelope sender or, for the null reverse-path,
+    # on the report's From.
+    assert open_policy.accepts_report("", "mailer-daemon@anywhere.example", tls)
+    assert listed.accepts_report("", "mailer-daemon@hopital.example", tls)
+    assert listed.accepts_report("bounces@hopital.example", "x@elsewhere.example", tls)
+    assert not listed.accepts_report("", "mailer-daemon@elsewhere.example", tls)
+    assert not listed.accepts_report("bounces@elsewhere.example", "x@hopital.example", tls)
+    assert listed.accepts_report("", "mailer-daemon@elsewhere.example", tls_cert)
 
     pinned = SenderPolicy.from_lists("", require_certificate=True, fingerprints="AB:" + "ab" * 31)
     with pytest.raises(SenderNotAllowed):

@@ -1,6 +1,7 @@
 """The French messaging pages in a real browser: the inbox updates live (no reload) when a
 message arrives, the thread page shows and answers it, the compose page starts a thread,
-and the guest page opens with a one-time code. No inline script (CSP 'self')."""
+and the guest page opens with a one-time code and answers with a file. No inline script
+(CSP 'self')."""
 
 from __future__ import annotations
 
@@ -122,5 +123,13 @@ def test_guest_page_opens_with_the_mailed_code(browser: Any, relay: RelayProcess
         page.fill("#reply-text", "Merci, bien reçu.")
         page.click("#reply-form button")
         page.wait_for_selector("#messages article.mine:has-text('Merci, bien reçu.')")
+        # A file alone is an answer too (sent as a form, with the page's header).
+        page.set_input_files(
+            "#reply-files",
+            files=[{"name": "plaie.png", "mimeType": "image/png", "buffer": b"\x89PNG image"}],
+        )
+        page.click("#reply-form button")
+        page.wait_for_selector("#messages article.mine a:has-text('plaie.png')")
+        assert page.inner_text("#reply-status") == "Réponse envoyée."
     finally:
         context.close()
