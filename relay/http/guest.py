@@ -417,6 +417,21 @@ ROUTES = [
         " text and files, header X-Relais-Guest: 1 (each file stored encrypted and audited)",
         "guest",
         {"type": "object", "required": ["text"], "properties": {"text": {"type": "string"}}},
+        other_request_bodies=(
+            (
+                "multipart/form-data",
+                {
+                    "type": "object",
+                    "properties": {
+                        "text": {"type": "string"},
+                        "files": {
+                            "type": "array",
+                            "items": {"type": "string", "format": "binary"},
+                        },
+                    },
+                },
+            ),
+        ),
         response_schema={"type": "object"},
         success_status=201,
         errors=(400, 401, 403, 413, 415, 503),

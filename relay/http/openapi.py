@@ -46,7 +46,10 @@ def _operation(route: Route) -> dict[str, Any]:
     if route.request_schema is not None:
         operation["requestBody"] = {
             "required": True,
-            "content": {route.request_content_type: {"schema": route.request_schema}},
+            "content": {
+                route.request_content_type: {"schema": route.request_schema},
+                **{kind: {"schema": schema} for kind, schema in route.other_request_bodies},
+            },
         }
     success: dict[str, Any] = {"description": "Success"}
     if route.response_schema is not None:

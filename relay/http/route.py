@@ -29,6 +29,7 @@ class Route:
     tag: str
     request_schema: Schema | None = None
     request_content_type: str = "application/json"
+    other_request_bodies: tuple[tuple[str, Schema], ...] = ()  # (content type, schema)
     response_schema: Schema | None = None
     response_content_type: str = "application/json"
     success_status: int = 200

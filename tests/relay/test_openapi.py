@@ -41,3 +41,12 @@ def test_operation_ids_are_unique() -> None:
     document = build_document(all_routes(), "test")
     ids = [op["operationId"] for ops in document["paths"].values() for op in ops.values()]
     assert len(ids) == len(set(ids))
+
+
+async def test_the_guest_answer_documents_both_bodies(http: aiohttp.ClientSession) -> None:
+    async with http.get("/api/openapi.json") as response:
+        document = await response.json()
+    content = document["paths"]["/api/guest/messages"]["post"]["requestBody"]["content"]
+    assert set(content) == {"application/json", "multipart/form-data"}
+    files = content["multipart/form-data"]["schema"]["properties"]["files"]
+    assert files["items"]["format"] == "binary"
