@@ -40,12 +40,15 @@ from enum import StrEnum
 from json.encoder import encode_basestring
 from typing import Any, ClassVar, Final, TypeAlias, Union, get_args, get_origin, get_type_hints
 
+import orjson
+
 from signaling.errors import (
     FieldTooLarge,
     InvalidField,
     MalformedMessage,
     MessageTooBig,
     MissingField,
+    SignalingError,
     UnknownMessageType,
 )
 from signaling.turn import IceServer, RtcConfiguration
@@ -638,6 +641,14 @@ SERVER_MESSAGE_TYPES: Final[Mapping[str, type[ServerMessage]]] = {
 # fields are all scalars, a JSON text encoder, generated as straight-line Python from its
 # fields (as ``dataclasses`` generates ``__init__``). Field validators stay small closures
 # shared by every class.
+#
+# The JSON text itself is read and written by orjson (Rust; several times faster than the
+# stdlib on SDP-sized strings), with the stdlib as the reference: orjson differs from it at
+# the edges (integers past 64 bits become floats, NaN/Infinity/1e400/lone "\ud800" escapes
+# and nesting past 1,024 levels are refused, floats are written "1e-7" not "1e-07"), so
+# whatever orjson refuses or cannot decode cleanly is done again by the stdlib path, and its
+# answer (value or exact error) is the one given. Decoding an accepted frame gives the same
+# message either way: the tests compare both paths.
 
 _Decoder: TypeAlias = Callable[[Any, str], Any]
 _Encoder: TypeAlias = Callable[[Any], Any]
@@ -954,11 +965,61 @@ def _text_encoder(cls: type[Any]) -> _TextEncoder:
         lines.append("    if v is not None:")  # null fields are omitted, as in to_json_object
         lines.append(f"        text += {prefix!r} + {_SCALAR_TEXT[plan.scalar]}")
     lines.append("    return text + '}'")
+    reference: _TextEncoder = _compile("\n".join(lines), "to_text", namespace)
+    if any(plan.scalar is _Scalar.FLOAT for plan in plans):
+        return reference  # orjson writes some floats differently ("1e-7"): keep json's text
+    return _orjson_encoder(cls, plans, reference)
+
+
+# Exact-type test for one field value held in local ``v{i}``, for the orjson path (anything
+# else, a str subclass or a wrong type, is left to the reference encoder).
+_ORJSON_TEST: Final[Mapping[_Scalar, str]] = {
+    _Scalar.STR: "type(v{i}) is str",
+    _Scalar.ENUM: "type(v{i}) is enum_{i}",
+    _Scalar.BOOL: "(v{i} is True or v{i} is False)",
+    _Scalar.INT: "type(v{i}) is int",
+}
+
+
+def _orjson_encoder(
+    cls: type[Any], plans: tuple[_FieldPlan, ...], reference: _TextEncoder
+) -> _TextEncoder:
+    """``serialize`` through orjson for a class of str/bool/int/enum fields: the same text as
+    ``reference`` (same key order, same string escaping, checked over every code point by
+    the tests). Values orjson refuses (lone surrogates, ints past 64 bits) and values of an
+    unexpected type go to ``reference``, which writes what json.dumps writes."""
+    namespace: dict[str, Any] = {
+        "dumps": orjson.dumps,
+        "EncodeError": orjson.JSONEncodeError,
+        "reference": reference,
+    }
+    lines = ["def to_text(message):"]
+    tests = []
+    for i, plan in enumerate(plans):
+        assert plan.scalar is not None
+        lines.append(f"    v{i} = message.{plan.name}")
+        tests.append(f"(v{i} is None or {_ORJSON_TEST[plan.scalar].format(i=i)})")
+        if plan.scalar is _Scalar.ENUM:
+            hint = get_type_hints(cls)[plan.name]
+            (namespace[f"enum_{i}"],) = [
+                t for t in get_args(hint) or (hint,) if t is not type(None)
+            ]
+    lines.append(f"    if {' and '.join(tests) or 'True'}:")
+    lines.append(f"        obj = {{'type': {cls.TYPE!r}}}")
+    for i, plan in enumerate(plans):
+        value = f"v{i}.value" if plan.scalar is _Scalar.ENUM else f"v{i}"
+        lines.append(f"        if v{i} is not None:")  # null fields are omitted
+        lines.append(f"            obj[{plan.key!r}] = {value}")
+    lines.append("        try:")
+    lines.append("            return dumps(obj).decode()")
+    lines.append("        except EncodeError:")
+    lines.append("            pass")
+    lines.append("    return reference(message)")
     encoder: _TextEncoder = _compile("\n".join(lines), "to_text", namespace)
     return encoder
 
 
-def _load(raw: str | bytes, max_bytes: int) -> tuple[str, dict[str, Any]]:
+def _check_size(raw: str | bytes, max_bytes: int) -> None:
     # A str's UTF-8 length is at least its character count and at most four times it:
     # measure exactly only when the cheap bounds do not decide.
     if isinstance(raw, bytes) or len(raw) > max_bytes:
@@ -969,6 +1030,10 @@ def _load(raw: str | bytes, max_bytes: int) -> tuple[str, dict[str, Any]]:
         size = len(raw.encode("utf-8", "surrogatepass"))
     if size > max_bytes:
         raise MessageTooBig(f"message of {size} bytes exceeds the {max_bytes}-byte limit")
+
+
+def _load(raw: str | bytes) -> tuple[str, dict[str, Any]]:
+    """The reference reading of a frame (stdlib json): its errors are the protocol's."""
     try:
         text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
         try:
@@ -993,11 +1058,65 @@ def _load(raw: str | bytes, max_bytes: int) -> tuple[str, dict[str, Any]]:
     return kind, obj
 
 
+def _decode_exact(raw: str | bytes, decoders: Mapping[str, _ObjectDecoder]) -> Any:
+    """A frame through the reference reading: the message, or the protocol's exact error."""
+    kind, obj = _load(raw)
+    decode = decoders.get(kind)
+    if decode is None:
+        # Echoed in the error reply: a lone surrogate ("\ud800") would make that reply
+        # impossible to send as UTF-8, so it is shown escaped.
+        shown = kind[:40].encode("utf-8", "backslashreplace").decode("utf-8")
+        raise UnknownMessageType(f"unknown message type '{shown}'")
+    return decode(obj, "")
+
+
+def _decode(
+    raw: str | bytes,
+    max_bytes: int,
+    fast: Mapping[str, _ObjectDecoder],
+    decoders: Mapping[str, _ObjectDecoder],
+) -> Any:
+    """A frame read by orjson and decoded by ``fast`` (the message types whose fields are
+    all scalars). Anything short of a clean decode is done again by ``_decode_exact``, whose
+    answer is given: orjson refuses the text, not an object, a type not in ``fast``, a field
+    refused (perhaps an integer past 64 bits that orjson made a float), or an array or object
+    value (only unknown keys can hold one; the stdlib's nesting limit is its own)."""
+    _check_size(raw, max_bytes)
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        pass
+    else:
+        if type(obj) is dict:
+            kind = obj.get("type")
+            decode = fast.get(kind) if type(kind) is str else None
+            if decode is not None:
+                for value in obj.values():
+                    if type(value) is dict or type(value) is list:
+                        break
+                else:
+                    try:
+                        return decode(obj, "")
+                    except SignalingError:
+                        pass
+    return _decode_exact(raw, decoders)
+
+
 _CLIENT_DECODERS: Final[Mapping[str, _ObjectDecoder]] = {
     name: _object_decoder(cls) for name, cls in CLIENT_MESSAGE_TYPES.items()
 }
 _SERVER_DECODERS: Final[Mapping[str, _ObjectDecoder]] = {
     name: _object_decoder(cls) for name, cls in SERVER_MESSAGE_TYPES.items()
+}
+_FAST_CLIENT_DECODERS: Final[Mapping[str, _ObjectDecoder]] = {
+    name: _CLIENT_DECODERS[name]
+    for name, cls in CLIENT_MESSAGE_TYPES.items()
+    if all(plan.scalar is not None for plan in _plan(cls))
+}
+_FAST_SERVER_DECODERS: Final[Mapping[str, _ObjectDecoder]] = {
+    name: _SERVER_DECODERS[name]
+    for name, cls in SERVER_MESSAGE_TYPES.items()
+    if all(plan.scalar is not None for plan in _plan(cls))
 }
 _TEXT_ENCODERS: Final[Mapping[type[Any], _TextEncoder]] = {
     cls: _text_encoder(cls)
@@ -1014,11 +1133,7 @@ def parse_client_message(
     ``MessageTooBig`` (close 1009), ``MalformedMessage`` (not UTF-8/JSON/object, close 1007),
     ``UnknownMessageType``, ``MissingField``, ``InvalidField``, ``FieldTooLarge`` (replies).
     """
-    kind, obj = _load(raw, max_bytes)
-    decode = _CLIENT_DECODERS.get(kind)
-    if decode is None:
-        raise UnknownMessageType(f"unknown message type '{kind[:40]}'")
-    message: ClientMessage = decode(obj, "")
+    message: ClientMessage = _decode(raw, max_bytes, _FAST_CLIENT_DECODERS, _CLIENT_DECODERS)
     return message
 
 
@@ -1027,11 +1142,7 @@ def parse_server_message(
 ) -> ServerMessage:
     """Parse one server frame (for test clients and the aiortc peer); same errors as
     ``parse_client_message``."""
-    kind, obj = _load(raw, max_bytes)
-    decode = _SERVER_DECODERS.get(kind)
-    if decode is None:
-        raise UnknownMessageType(f"unknown message type '{kind[:40]}'")
-    message: ServerMessage = decode(obj, "")
+    message: ServerMessage = _decode(raw, max_bytes, _FAST_SERVER_DECODERS, _SERVER_DECODERS)
     return message
 
 
