@@ -154,6 +154,11 @@ def _hub_app() -> web.Application:
 
 def _serve(kind: str, port: int, ready: Any) -> None:
     app = _hub_app() if kind == "hub" else _bare_app()
+    from relay.http.server import tune_gc
+
+    # The collector settings of `relais serve`, for both servers: what differs between them
+    # stays the per-frame work.
+    tune_gc()
 
     async def run() -> None:
         runner = web.AppRunner(app, access_log=None)
