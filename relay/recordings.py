@@ -1,6 +1,6 @@
 """Teleconsultation recordings in SQL: which encrypted blob holds whose media, when.
 
-The media itself is written by the recording peer (:mod:`relay.recorder`) into the blob
+The media itself is written by the recording peer (:mod:`signaling.recorder`) into the blob
 store (AES-256-GCM); a row here is added only once its blob is durably stored, so a listed
 recording can always be read back. Rows carry ids, times and sizes: nothing clinical.
 """
@@ -9,35 +9,13 @@ from __future__ import annotations
 
 import re
 import sqlite3
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Final
 
+from signaling.recorder import Recording
 from storage.database import Database
 
 _OPAQUE_ID: Final = re.compile(r"[A-Za-z0-9_-]{1,64}")
-
-
-@dataclass(frozen=True)
-class Recording:
-    """One participant's media over one uninterrupted stretch of a recorded call."""
-
-    id: str
-    consultation_id: str
-    participant_id: str
-    blob_id: str
-    media_type: str
-    started_at: datetime
-    ended_at: datetime
-    size: int
-    sha256: str
-    video_frames: int
-    audio_frames: int
-    end_reason: str
-
-    @property
-    def duration_seconds(self) -> float:
-        return max(0.0, (self.ended_at - self.started_at).total_seconds())
 
 
 _COLUMNS: Final = (

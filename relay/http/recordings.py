@@ -21,7 +21,8 @@ from relay.http.files import stream_blob
 from relay.http.jsonio import json_response
 from relay.http.route import Route
 from relay.policy import Action
-from relay.recordings import Recording, RecordingStore
+from relay.recordings import RecordingStore
+from signaling.recorder import Recording
 
 
 def recording_json(consultation_id: str, recording: Recording) -> dict[str, Any]:

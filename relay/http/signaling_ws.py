@@ -44,11 +44,11 @@ from relay.http.consultations import GUEST_COOKIE, Teleconsultation, teleconsult
 from relay.http.context import runtime, session_token
 from relay.http.route import Route
 from relay.policy import Action, is_allowed
-from relay.recorder import Answer as RecorderAnswer
-from relay.recorder import ConsultationRecorder
-from relay.recordings import Recording, RecordingStore
+from relay.recordings import RecordingStore
 from signaling.errors import CloseCode, ConsultationEnded, SignalingError, TokenError
 from signaling.messages import ErrorReply, RelayedOffer, serialize
+from signaling.recorder import Answer as RecorderAnswer
+from signaling.recorder import ConsultationRecorder, Recording
 from signaling.room import (
     RECORDER_ID,
     Audit,

@@ -15,9 +15,8 @@ import av
 import pytest
 from aiortc import AudioStreamTrack, RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
-from relay.recorder import ConsultationRecorder
-from relay.recordings import Recording
 from signaling.messages import ErrorReply, RelayedAnswer, RelayedCandidate, RelayedOffer
+from signaling.recorder import ConsultationRecorder, Recording
 from storage.blobs import BlobStore
 from storage.keys import Keyring
 from tests.signaling.test_ws_aiortc import SmallVideo

@@ -6,9 +6,11 @@ professional asked), each participant's page offers its media to the peer ``reco
 ``RTCPeerConnection`` that only receives, decodes the frames, re-encodes them (VP8 + Opus in
 WebM, the formats browsers play) and streams the container into the blob store, which
 encrypts it chunk by chunk as it arrives. No clear media ever touches the disk: there is no
-temporary file. A participant's stretch of media becomes one blob and one
-:class:`relay.recordings.Recording` row when it ends (recording stopped, consent revoked,
-participant left or renegotiated, size cap reached).
+temporary file. A participant's stretch of media becomes one blob and one :class:`Recording`
+handed to the ``stored`` callback (the relay keeps it as a row: ``relay.recordings``) when it
+ends (recording stopped, consent revoked, participant left or renegotiated, size cap
+reached). Here per DESIGN.md's layout ("signaling/: … aiortc peer"); it needs only the blob
+store below it.
 
 Why re-encode: aiortc hands decoded frames to its consumers; writing the RTP payloads
 untouched would need a depacketiser of our own. Encoding runs in one thread per participant
@@ -44,7 +46,6 @@ from aiortc.sdp import candidate_from_sdp
 from av.audio.frame import AudioFrame
 from av.video.frame import VideoFrame
 
-from relay.recordings import Recording
 from signaling.messages import ErrorReply, RelayedAnswer, RelayedCandidate, RelayedOffer
 from signaling.room import RECORDER_ID
 from signaling.turn import RtcConfiguration
@@ -65,6 +66,29 @@ cost of 30 (libvpx realtime at 640x480 measured here at ~11 ms of CPU per frame)
 
 # libvpx tuned for live input: the defaults ("good", cpu-used 0) cannot keep up in real time.
 _VP8_OPTIONS: Final = {"deadline": "realtime", "cpu-used": "8", "lag-in-frames": "0"}
+
+
+@dataclass(frozen=True)
+class Recording:
+    """One participant's media over one uninterrupted stretch of a recorded call."""
+
+    id: str
+    consultation_id: str
+    participant_id: str
+    blob_id: str
+    media_type: str
+    started_at: datetime
+    ended_at: datetime
+    size: int
+    sha256: str
+    video_frames: int
+    audio_frames: int
+    end_reason: str
+
+    @property
+    def duration_seconds(self) -> float:
+        return max(0.0, (self.ended_at - self.started_at).total_seconds())
+
 
 Answer = Callable[[str, RelayedAnswer | RelayedCandidate | ErrorReply], None]
 """Send a message from the recorder to a participant (through the room)."""
