@@ -5,12 +5,12 @@ professional asked), each participant's page offers its media to the peer ``reco
 (:data:`signaling.room.RECORDER_ID`); this module answers with an aiortc
 ``RTCPeerConnection`` that only receives, decodes the frames, re-encodes them (VP8 + Opus in
 WebM, the formats browsers play) and streams the container into the blob store, which
-encrypts it chunk by chunk as it arrives. No clear media ever touches the disk: there is no
-temporary file. A participant's stretch of media becomes one blob and one :class:`Recording`
-handed to the ``stored`` callback (the relay keeps it as a row: ``relay.recordings``) when it
-ends (recording stopped, consent revoked, participant left or renegotiated, size cap
-reached). Here per DESIGN.md's layout ("signaling/: … aiortc peer"); it needs only the blob
-store below it.
+encrypts it chunk by chunk as it arrives. No clear media ever touches the disk (the only
+temporary file is the blob store's own, and it holds ciphertext). A participant's stretch of
+media becomes one blob and one :class:`Recording` handed to the ``stored`` callback (the
+relay keeps it as a row: ``relay.recordings``) when it ends (recording stopped, consent
+revoked, participant left or renegotiated, size cap reached). Here per DESIGN.md's layout
+("signaling/: … aiortc peer"); it needs only the blob store below it.
 
 Why re-encode: aiortc hands decoded frames to its consumers; writing the RTP payloads
 untouched would need a depacketiser of our own. Encoding runs in one thread per participant
