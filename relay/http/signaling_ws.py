@@ -22,6 +22,7 @@ frames with 1003 (RFC 6455 §7.4.1: a type of data the endpoint cannot accept).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import re
@@ -75,6 +76,8 @@ MAX_OUTBOX: Final = 1024
 HEARTBEAT_SECONDS: Final = 20.0
 """WebSocket ping interval: a silent peer (no pong) counts as dropped and enters its grace."""
 WRITER_GRACE_SECONDS: Final = 10.0
+READER_STOP_SECONDS: Final = 0.2
+"""How long a closing socket's writer waits for its reader to stop (see ``_Peer._write``)."""
 DRAIN_POLL_SECONDS: Final = 0.25
 INTERNAL_ERROR: Final = 1011
 UNSUPPORTED_DATA: Final = 1003
@@ -112,6 +115,7 @@ class _Peer:
         self.ready = asyncio.Event()
         self.close_code: int | None = None
         self.close_reason = ""
+        self.stopped_reading = asyncio.Event()
         self.writer = asyncio.create_task(self._write())
 
     def send(self, text: str) -> None:
@@ -137,6 +141,15 @@ class _Peer:
                 while self.outbox and self.close_reason != "slow_consumer":
                     await ws.send_str(self.outbox.popleft())
                 if self.close_code is not None:
+                    if not self.stopped_reading.is_set():
+                        # aiohttp drops the TCP connection at once when close() runs while
+                        # another task is reading; with client frames still unread (a
+                        # flood), the kernel then resets it and the client can lose our
+                        # close frame (seen under load: 1006 instead of 1008). The reader
+                        # stops at its next frame; then close() reads up to the client's
+                        # own close. A quiet client costs this short wait.
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(self.stopped_reading.wait(), READER_STOP_SECONDS)
                     await ws.close(code=self.close_code, message=self.close_reason.encode())
                     return
         except ConnectionError:
@@ -211,10 +224,13 @@ class SignalingHub:
                 if message.type is WSMsgType.TEXT:
                     actions = runner.room.receive(peer.peer_id, message.data, self._clock())
                     self._apply(runner, actions)
+                    if peer.close_code is not None:
+                        break  # closing: let the writer's close() read the rest
                 elif message.type is WSMsgType.BINARY:
                     self._refuse(runner, peer, identity, UNSUPPORTED_DATA, "unsupported_data")
                     break
         finally:
+            peer.stopped_reading.set()
             if ws.close_code == CloseCode.MESSAGE_TOO_BIG and peer.close_code is None:
                 # aiohttp cut a frame over max_msg_size: trace it like the room's refusals.
                 self._refuse(runner, peer, identity, CloseCode.MESSAGE_TOO_BIG, "message_too_big")
