@@ -34,6 +34,7 @@ class Action(StrEnum):
     MANAGE_CONSULTATION = "consultation.manage"  # participants, join links
     JOIN_CONSULTATION = "consultation.join"  # professionals, over the signaling socket
     VIEW_RECORDING = "consultation.recording"  # list and download a call's recordings
+    DELETE_RECORDING = "consultation.recording_delete"  # erase one (the organizer)
     START_THREAD = "message.start"  # a new thread of secure messages
     VIEW_THREAD = "message.view"  # read a thread, its attachments, mark it read
     POST_MESSAGE = "message.post"  # answer in a thread
@@ -103,6 +104,13 @@ POLICY: Mapping[Action, Mapping[Relation, frozenset[Role]]] = {
     Action.VIEW_RECORDING: {
         Relation.OWNER: CALL_PARTICIPANTS,
         Relation.TEAM: CALL_PARTICIPANTS,
+        Relation.NONE: NOBODY,
+    },
+    # Erasing one (a participant's withdrawal after the call, a retention rule) is the
+    # organizer's decision, traced; the other participants may only read.
+    Action.DELETE_RECORDING: {
+        Relation.OWNER: CALL_PARTICIPANTS,
+        Relation.TEAM: NOBODY,
         Relation.NONE: NOBODY,
     },
     # Messages: OWNER = takes part in the thread, TEAM = one of the caller's teams does

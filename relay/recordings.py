@@ -72,6 +72,18 @@ class RecordingStore:
 
         await self._db.transaction(insert)
 
+    async def delete(self, consultation_id: str, recording_id: str) -> bool:
+        """Forget one recording's row (the caller then deletes its blob); False if absent."""
+
+        def remove(conn: sqlite3.Connection) -> bool:
+            cursor = conn.execute(
+                "DELETE FROM consultation_recordings WHERE consultation_id = ? AND id = ?",
+                (consultation_id, recording_id),
+            )
+            return cursor.rowcount == 1
+
+        return await self._db.transaction(remove)
+
     async def list_for(self, consultation_id: str) -> list[Recording]:
         """A consultation's recordings, oldest first."""
         if not _OPAQUE_ID.fullmatch(consultation_id):

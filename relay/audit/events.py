@@ -204,6 +204,7 @@ class AuditAction(StrEnum):
     CONSULTATION_LINK_CHANGED = "consultation_link_changed"  # join link issued / revoked
     CONSULTATION_ENDED = "consultation_ended"
     CONSULTATION_CHAT = "consultation_chat"  # length only, never the text
+    RECORDING_DELETED = "recording_deleted"  # a consultation recording erased (row and media)
     ACCOUNT_CREATED = "account_created"
     CREDENTIALS_CHANGED = "credentials_changed"  # password, second factor, certificate
     ROLE_CHANGED = "role_changed"
@@ -266,6 +267,7 @@ ACTIONS: Final[Mapping[AuditAction, ActionSpec]] = MappingProxyType(
         ),
         AuditAction.CONSULTATION_ENDED: ActionSpec(PATIENT_RECORD, None, _U),
         AuditAction.CONSULTATION_CHAT: ActionSpec(PATIENT_RECORD, None, _C),
+        AuditAction.RECORDING_DELETED: ActionSpec(PATIENT_RECORD, None, FhirAction.DELETE),
         AuditAction.ACCOUNT_CREATED: ActionSpec(
             SECURITY_ALERT, USER_SECURITY_ATTRIBUTES_CHANGED, _E
         ),

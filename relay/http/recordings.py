@@ -85,6 +85,30 @@ async def download_recording(request: web.Request) -> web.StreamResponse:
     return await stream_blob(request, recording.blob_id, recording.size, headers)
 
 
+async def delete_recording(request: web.Request) -> web.StreamResponse:
+    rt = runtime(request)
+    _, consultation = await _load_for(request, Action.DELETE_RECORDING)
+    store = RecordingStore(rt.db)
+    recording = await store.get(consultation.id, request.match_info["recording"])
+    if recording is None:
+        raise NotFound("Enregistrement introuvable.")
+    await trail.record(
+        request,
+        AuditAction.RECORDING_DELETED,
+        entities=(
+            EntityRef(ResourceKind.CONSULTATION, consultation.id),
+            EntityRef(ResourceKind.RECORDING, recording.id),
+        ),
+        patient=consultation.patient_ref,
+        detail=(("size", str(recording.size)), ("sha256", recording.sha256)),
+    )
+    # The row first: a recording no longer listed cannot be fetched; a blob left by a crash
+    # between the two steps is encrypted, unreferenced, and never served.
+    if await store.delete(consultation.id, recording.id):
+        await rt.blobs.delete(recording.blob_id)
+    return web.Response(status=204)
+
+
 _RECORDING_ID = {
     "name": "recording",
     "in": "path",
@@ -134,6 +158,18 @@ ROUTES = [
         "consultations",
         response_schema={"type": "string", "format": "binary"},
         response_content_type="video/webm",
+        errors=(401, 403, 404, 503),
+        parameters=(_ID, _RECORDING_ID),
+        resource=ResourceKind.CONSULTATION,
+    ),
+    Route(
+        "DELETE",
+        "/api/consultations/{id}/recordings/{recording}",
+        delete_recording,
+        Action.DELETE_RECORDING,
+        "Erase one recording, its row and its encrypted media (the organizer; traced)",
+        "consultations",
+        success_status=204,
         errors=(401, 403, 404, 503),
         parameters=(_ID, _RECORDING_ID),
         resource=ResourceKind.CONSULTATION,

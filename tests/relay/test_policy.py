@@ -30,6 +30,7 @@ EXPECTED: dict[Action, dict[Relation, set[Role]]] = {
     Action.MANAGE_CONSULTATION: {OWN: {N, P, S, C}, TEAM: {N, P, S, C}, NO: set()},
     Action.JOIN_CONSULTATION: {OWN: {N, P, S}, TEAM: {N, P, S}, NO: set()},
     Action.VIEW_RECORDING: {OWN: {N, P, S}, TEAM: {N, P, S}, NO: set()},
+    Action.DELETE_RECORDING: {OWN: {N, P, S}, TEAM: set(), NO: set()},
     Action.START_THREAD: {OWN: {N, P, S, C}, TEAM: {N, P, S, C}, NO: {N, P, S, C}},
     Action.VIEW_THREAD: {OWN: {N, P, S, C}, TEAM: {N, P, S, C}, NO: set()},
     Action.POST_MESSAGE: {OWN: {N, P, S, C}, TEAM: {N, P, S, C}, NO: set()},

@@ -27,6 +27,7 @@ from tests.conftest import bearer, login
 from tests.harness.accounts import NURSE, PASSWORD, PHYSICIAN, SPECIALIST
 from tests.harness.redis_server import free_port
 from tests.harness.relay_process import RelayProcess, init_data_dir, relais
+from tests.relay.messaging.helpers import audit_events
 from tests.signaling.test_ws_aiortc import SmallVideo
 from tests.signaling.ws_harness import Json, client_session, guest_pass, link_of, schedule
 
@@ -239,6 +240,22 @@ async def test_recording_runs_with_everyone_s_consent_and_reads_back_as_webm(
         f"/api/consultations/{cid}/recordings/{'0' * 32}", headers=bearer(physician)
     ) as r:
         assert r.status == 404
+
+    # The organizer erases one: row and encrypted media gone, traced; outsiders cannot.
+    gone = stored[0]
+    nurse = await login(http, NURSE.email)
+    async with http.delete(gone["url"], headers=bearer(nurse)) as r:
+        assert r.status == 403
+    async with http.delete(gone["url"], headers=bearer(physician)) as r:
+        assert r.status == 204
+    assert [r["id"] for r in await _recordings(http, cid, physician)] == [stored[1]["id"]]
+    async with http.get(gone["url"], headers=bearer(physician)) as r:
+        assert r.status == 404
+    async with http.delete(gone["url"], headers=bearer(physician)) as r:
+        assert r.status == 404
+    assert sum(1 for blob in written if blob.exists()) == len(written) - 1
+    actions = [e["action"] for e in await audit_events(http, resource=gone["id"])]
+    assert "recording_deleted" in actions and "attachment_downloaded" in actions, actions
 
 
 @pytest.mark.parametrize("stop", ["sigterm", "kill9"])
