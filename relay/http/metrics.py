@@ -45,6 +45,17 @@ class Metrics:
             ["method", "outcome"],
             registry=self.registry,
         )
+        self.recording_participants = Gauge(
+            "relais_recording_participants",
+            "Participants whose media the recording peer is writing now.",
+            registry=self.registry,
+        )
+        self.recordings_stored = Counter(
+            "relais_recordings_stored",
+            "Recordings sealed into encrypted blobs, by why they ended.",
+            ["end_reason"],
+            registry=self.registry,
+        )
         info = Gauge("relais_node_info", "Node identity.", ["node"], registry=self.registry)
         info.labels(node=node).set(1)
 

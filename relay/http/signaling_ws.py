@@ -256,6 +256,11 @@ class SignalingHub:
         while performers := [r.performer for r in self._rooms.values() if r.performer]:
             await asyncio.gather(*performers, return_exceptions=True)
 
+    @property
+    def recording_participants(self) -> int:
+        """Participants whose media is being recorded on this node now."""
+        return sum(len(r.participants) for r in self._recorders.values())
+
     def recorder(self, consultation_id: str) -> ConsultationRecorder | None:
         """The running recording peer of a consultation, if any (for tests and metrics)."""
         return self._recorders.get(consultation_id)
@@ -579,6 +584,7 @@ def _hub(request: web.Request, service: Teleconsultation) -> SignalingHub:
                 # orphaned encrypted blob, never a row without its media.
                 try:
                     await recordings.add(recording)
+                    rt.metrics.recordings_stored.labels(end_reason=recording.end_reason).inc()
                     await rt.audit.record(recording_stored_record(context, recording, node))
                 except Exception:
                     log.exception("a stored recording could not be registered")
@@ -605,6 +611,7 @@ def _hub(request: web.Request, service: Teleconsultation) -> SignalingHub:
                 recorder=recorder if room_settings.recording_available else None,
             ),
         )
+        rt.metrics.recording_participants.set_function(lambda: hub.recording_participants)
         _DRAIN_WATCHERS[request.app] = asyncio.create_task(_close_when_draining(request.app, hub))
     return hub
 

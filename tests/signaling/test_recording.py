@@ -103,6 +103,16 @@ async def _until(condition: Any, timeout: float, what: str) -> None:
         await asyncio.sleep(0.05)
 
 
+async def _metric(http: aiohttp.ClientSession, sample: str) -> float:
+    """One sample of /metrics (``name`` or ``name{labels}``), 0 when absent."""
+    async with http.get("/metrics") as response:
+        text = await response.text()
+    for line in text.splitlines():
+        if line.startswith(sample + " "):
+            return float(line.split()[-1])
+    return 0.0
+
+
 async def _recordings(http: aiohttp.ClientSession, cid: str, token: str) -> list[Json]:
     async with http.get(f"/api/consultations/{cid}/recordings", headers=bearer(token)) as r:
         body: Json = await r.json()
@@ -178,9 +188,13 @@ async def test_recording_runs_with_everyone_s_consent_and_reads_back_as_webm(
         await patient.send({"type": "offer", "to": RECORDER, "sdp": "v=0\r\nm=nonsense\r\n"})
         assert (await patient.event("error"))["code"] == "invalid_sdp"
 
+        stored_before = await _metric(
+            http, 'relais_recordings_stored_total{end_reason="missing_consent"}'
+        )
         await _media_to_recorder(doctor, patient)
         await asyncio.sleep(2.5)  # about 37 archived frames each at 15 fps
         assert await _recordings(http, cid, physician) == []  # nothing until it stops
+        assert await _metric(http, "relais_recording_participants") == 2
 
         # The patient withdraws: the recording stops for everyone and is stored.
         await patient.send({"type": "consent", "kind": "recording", "granted": False})
@@ -195,6 +209,11 @@ async def test_recording_runs_with_everyone_s_consent_and_reads_back_as_webm(
         await asyncio.wait_for(poll(), 30)
 
     assert sorted(r["participant_id"] for r in stored) == sorted([doctor.me, patient.me])
+    assert await _metric(http, "relais_recording_participants") == 0
+    stored_after = await _metric(
+        http, 'relais_recordings_stored_total{end_reason="missing_consent"}'
+    )
+    assert stored_after == stored_before + 2
     for recording in stored:
         assert recording["end_reason"] == "missing_consent"
         assert recording["media_type"] == "video/webm"
