@@ -67,32 +67,28 @@ TEAMS = (
 )
 
 
+def add_account(data_dir: Path, account: Account, *, teams: bool = True) -> None:
+    """Create one professional through the real CLI (password ``PASSWORD``); ``teams=False``
+    on a relay without the standard teams."""
+    password_file = data_dir.parent / "user-password"
+    password_file.write_text(PASSWORD)
+    args = ["user", "add", "--email", account.email, "--role", account.role]
+    args += ["--name", account.name, "--password-file", str(password_file)]
+    if account.rpps:
+        args += ["--rpps", account.rpps]
+    if account.specialty:
+        args += ["--specialty", account.specialty]
+    for team in account.teams if teams else ():
+        args += ["--team", team]
+    relais(data_dir, *args)
+
+
 def seed(data_dir: Path, root: Path) -> None:
     """Create the standard teams and professionals through the real CLI."""
-    password_file = root / "user-password"
-    password_file.write_text(PASSWORD)
     for address, name, kind, specialty in TEAMS:
         args = ["team", "add", "--address", address, "--name", name, "--kind", kind]
         if specialty:
             args += ["--specialty", specialty]
         relais(data_dir, *args)
     for account in ALL:
-        args = [
-            "user",
-            "add",
-            "--email",
-            account.email,
-            "--role",
-            account.role,
-            "--name",
-            account.name,
-            "--password-file",
-            str(password_file),
-        ]
-        if account.rpps:
-            args += ["--rpps", account.rpps]
-        if account.specialty:
-            args += ["--specialty", account.specialty]
-        for team in account.teams:
-            args += ["--team", team]
-        relais(data_dir, *args)
+        add_account(data_dir, account)

@@ -16,8 +16,8 @@ import aiohttp
 import pytest
 
 from tests.conftest import require_component
-from tests.harness.accounts import NURSE, PASSWORD
-from tests.harness.relay_process import RelayProcess, init_data_dir, relais, start_relay
+from tests.harness.accounts import NURSE, add_account
+from tests.harness.relay_process import RelayProcess, init_data_dir, start_relay
 from tests.relay.mail import bounces
 from tests.relay.messaging.helpers import (
     audit_events,
@@ -188,11 +188,7 @@ def strict_relay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RelayProc
     """Mail to mailboxes only from smtp.cabinet.example (or a trusted certificate)."""
     root = tmp_path_factory.mktemp("bounces-strict")
     data_dir = init_data_dir(root)
-    (root / "pw").write_text(PASSWORD)
-    relais(
-        data_dir, "user", "add", "--email", NURSE.email, "--role", "nurse",
-        "--name", NURSE.name, "--rpps", str(NURSE.rpps), "--password-file", str(root / "pw"),
-    )  # fmt: skip
+    add_account(data_dir, NURSE, teams=False)
     process = start_relay(root, {"RELAIS_SMTP_ALLOWED_SENDER_DOMAINS": "smtp.cabinet.example"})
     yield process
     process.stop()

@@ -10,8 +10,8 @@ import aiohttp
 import aiosmtplib
 
 from certs.tls import client_ssl_context
-from tests.harness.accounts import PASSWORD, PHYSICIAN
-from tests.harness.relay_process import RelayProcess, init_data_dir, relais, start_relay
+from tests.harness.accounts import PHYSICIAN, add_account
+from tests.harness.relay_process import RelayProcess, init_data_dir, start_relay
 from tests.relay.messaging.helpers import headers_for, json_of, simple_mail, thread
 
 MESSAGES = 200
@@ -21,11 +21,7 @@ KILL_AFTER = 60  # acknowledged messages before the kill
 
 async def test_kill_9_while_mail_arrives_loses_nothing_acknowledged(tmp_path: Path) -> None:
     data_dir = init_data_dir(tmp_path)
-    (tmp_path / "pw").write_text(PASSWORD)
-    relais(
-        data_dir, "user", "add", "--email", PHYSICIAN.email, "--role", "physician",
-        "--name", PHYSICIAN.name, "--password-file", str(tmp_path / "pw"),
-    )  # fmt: skip
+    add_account(data_dir, PHYSICIAN, teams=False)
     relay = start_relay(tmp_path)
     tls = client_ssl_context([relay.ca_file])
     acknowledged: list[int] = []

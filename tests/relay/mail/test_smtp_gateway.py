@@ -19,8 +19,8 @@ from certs.ca import CertifiedKey, create_ca
 from certs.issue import issue_client_certificate
 from relay.mail.smime import encrypt_message
 from tests.conftest import require_component
-from tests.harness.accounts import PASSWORD, PHYSICIAN
-from tests.harness.relay_process import RelayProcess, relais, start_relay
+from tests.harness.accounts import PHYSICIAN, add_account
+from tests.harness.relay_process import RelayProcess, start_relay
 from tests.relay.messaging.helpers import (
     audit_events,
     eventually,
@@ -307,11 +307,7 @@ def strict_relay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RelayProc
     from tests.harness.relay_process import init_data_dir
 
     data_dir = init_data_dir(root)
-    (root / "pw").write_text(PASSWORD)
-    relais(
-        data_dir, "user", "add", "--email", PHYSICIAN.email, "--role", "physician",
-        "--name", PHYSICIAN.name, "--password-file", str(root / "pw"),
-    )  # fmt: skip
+    add_account(data_dir, PHYSICIAN, teams=False)
     process = start_relay(
         root,
         {

@@ -16,9 +16,9 @@ import aiohttp
 import pytest
 
 from tests.conftest import require_component
-from tests.harness.accounts import NURSE, PASSWORD
+from tests.harness.accounts import NURSE, add_account
 from tests.harness.redis_server import free_port
-from tests.harness.relay_process import RelayProcess, init_data_dir, relais, start_relay
+from tests.harness.relay_process import RelayProcess, init_data_dir, start_relay
 from tests.relay.messaging.helpers import (
     SUBJECT,
     eventually,
@@ -50,11 +50,7 @@ def setup(tmp_path: Path) -> Iterator[Setup]:
     """A relay whose smarthost (the sink) is down until the test starts it."""
     sink = SmtpSink(tmp_path, free_port())
     data_dir = init_data_dir(tmp_path)
-    (tmp_path / "pw").write_text(PASSWORD)
-    relais(
-        data_dir, "user", "add", "--email", NURSE.email, "--role", "nurse",
-        "--name", NURSE.name, "--rpps", str(NURSE.rpps), "--password-file", str(tmp_path / "pw"),
-    )  # fmt: skip
+    add_account(data_dir, NURSE, teams=False)
     env = {
         "RELAIS_OUTBOX_SMARTHOST": "localhost",
         "RELAIS_OUTBOX_SMARTHOST_PORT": str(sink.port),

@@ -15,8 +15,8 @@ import pytest
 
 from relay.audit.log import Receipt
 from relay.mail.notifications import GUEST_CODE_SUBJECT
-from tests.harness.accounts import NURSE, PASSWORD
-from tests.harness.relay_process import RelayProcess, init_data_dir, relais, start_relay
+from tests.harness.accounts import NURSE, add_account
+from tests.harness.relay_process import RelayProcess, init_data_dir, start_relay
 from tests.relay.messaging.helpers import (
     audit_events,
     eventually,
@@ -217,11 +217,7 @@ def small_relay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RelayProce
     """Files of 100 kB at most, messages of 150 kB at most."""
     root = tmp_path_factory.mktemp("guest-limits")
     data_dir = init_data_dir(root)
-    (root / "pw").write_text(PASSWORD)
-    relais(
-        data_dir, "user", "add", "--email", NURSE.email, "--role", "nurse",
-        "--name", NURSE.name, "--rpps", str(NURSE.rpps), "--password-file", str(root / "pw"),
-    )  # fmt: skip
+    add_account(data_dir, NURSE, teams=False)
     process = start_relay(
         root,
         {"RELAIS_HTTP_MAX_UPLOAD_BYTES": "100000", "RELAIS_MESSAGING_MAX_MESSAGE_BYTES": "150000"},
