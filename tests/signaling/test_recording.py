@@ -7,7 +7,6 @@ frames that were sent, listed and downloaded only by the clinicians of the call,
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import io
 import json
@@ -24,12 +23,20 @@ import pytest
 from aiortc import AudioStreamTrack, RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
 from tests.conftest import bearer, login
-from tests.harness.accounts import NURSE, PASSWORD, PHYSICIAN, SPECIALIST
+from tests.harness.accounts import NURSE, PHYSICIAN, SPECIALIST, add_account
 from tests.harness.redis_server import free_port
-from tests.harness.relay_process import RelayProcess, init_data_dir, relais
+from tests.harness.relay_process import RelayProcess, init_data_dir
 from tests.relay.messaging.helpers import audit_events
 from tests.signaling.test_ws_aiortc import SmallVideo
-from tests.signaling.ws_harness import Json, client_session, guest_pass, link_of, schedule
+from tests.signaling.ws_harness import (
+    Json,
+    client_session,
+    greeted_peer,
+    guest_pass,
+    link_of,
+    schedule,
+    until,
+)
 
 RECORDER = "recorder"
 
@@ -77,32 +84,6 @@ class Recorded:
             await self.pc.close()
 
 
-@asynccontextmanager
-async def participant(
-    session: aiohttp.ClientSession, path: str, headers: dict[str, str] | None = None
-) -> AsyncIterator[Recorded]:
-    async with session.ws_connect(path, headers=headers or {}) as ws:
-        who = Recorded(ws)
-        runner = asyncio.create_task(who.run())
-        await who.send({"type": "hello", "protocol": 1})
-        await who.event("welcome")
-        try:
-            yield who
-        finally:
-            await who.close()
-            runner.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await runner
-
-
-async def _until(condition: Any, timeout: float, what: str) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not condition():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
-
-
 async def _metric(http: aiohttp.ClientSession, sample: str) -> float:
     """One sample of /metrics (``name`` or ``name{labels}``), 0 when absent."""
     async with http.get("/metrics") as response:
@@ -145,8 +126,8 @@ async def call_with_patient(
     async with client_session(relay) as patient_http:
         await guest_pass(patient_http, cid, patient_token)
         async with (
-            participant(http, path, bearer(physician)) as doctor,
-            participant(patient_http, f"{path}?as=guest") as patient,
+            greeted_peer(Recorded, http, path, bearer(physician)) as doctor,
+            greeted_peer(Recorded, patient_http, f"{path}?as=guest") as patient,
         ):
             await doctor.send({"type": "join"})
             joined = await doctor.event("joined")
@@ -162,7 +143,7 @@ async def call_with_patient(
 async def _media_to_recorder(*senders: Recorded) -> None:
     for who in senders:
         await who.offer_to_recorder()
-    await _until(
+    await until(
         lambda: all(w.pc is not None and w.pc.connectionState == "connected" for w in senders),
         20,
         "every connection to the recorder",
@@ -282,12 +263,7 @@ async def test_a_recording_in_progress_when_the_relay_stops(tmp_path: Path, stop
     """SIGTERM mid-recording: the relay seals what it has before it exits. ``kill -9``: the
     stretch in progress (never acknowledged to anyone) is lost whole, nothing half-stored."""
     data_dir = init_data_dir(tmp_path)
-    (tmp_path / "pw").write_text(PASSWORD)
-    relais(
-        data_dir, "user", "add", "--email", PHYSICIAN.email, "--role", "physician",
-        "--name", PHYSICIAN.name, "--password-file", str(tmp_path / "pw"),
-        "--rpps", PHYSICIAN.rpps or "",
-    )  # fmt: skip
+    add_account(data_dir, PHYSICIAN, teams=False)
     blobs = data_dir / "blobs"
     relay = RelayProcess(data_dir, free_port())
     relay.start()

@@ -9,8 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import aiohttp
@@ -27,7 +26,15 @@ from av import VideoFrame
 from tests.conftest import bearer, login
 from tests.harness.accounts import NURSE, PHYSICIAN
 from tests.harness.relay_process import RelayProcess
-from tests.signaling.ws_harness import Json, client_session, guest_pass, link_of, schedule
+from tests.signaling.ws_harness import (
+    Json,
+    client_session,
+    greeted_peer,
+    guest_pass,
+    link_of,
+    schedule,
+    until,
+)
 
 FRAMES_WANTED = 5
 
@@ -142,30 +149,11 @@ class MeshPeer:
             task.cancel()
 
 
-@asynccontextmanager
-async def peer(
+def peer(
     name: str, session: aiohttp.ClientSession, path: str, headers: dict[str, str] | None = None
-) -> AsyncIterator[MeshPeer]:
-    async with session.ws_connect(path, headers=headers or {}) as ws:
-        mesh = MeshPeer(name, ws)
-        runner = asyncio.create_task(mesh.run())
-        await mesh.send({"type": "hello", "protocol": 1})
-        await mesh.event("welcome")
-        try:
-            yield mesh
-        finally:
-            await mesh.close()
-            runner.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await runner
-
-
-async def _until(condition: Any, timeout: float, what: str) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not condition():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
+) -> AbstractAsyncContextManager[MeshPeer]:
+    """A mesh participant on its signaling socket, greeted."""
+    return greeted_peer(lambda ws: MeshPeer(name, ws), session, path, headers)
 
 
 async def test_two_peers_then_a_third_form_a_mesh(
@@ -197,7 +185,7 @@ async def test_two_peers_then_a_third_form_a_mesh(
             # The admitted newcomer offers to everyone already in the call.
             for other in admitted["participants"]:
                 await patient.offer_to(other["participant_id"])
-            await _until(
+            await until(
                 lambda: (
                     doctor.frames.get(patient.me, 0) >= FRAMES_WANTED
                     and patient.frames.get(doctor.me, 0) >= FRAMES_WANTED
@@ -209,7 +197,7 @@ async def test_two_peers_then_a_third_form_a_mesh(
             assert doctor.chat == [(patient.me, "bonjour de patient")]
             patient.channels[doctor.me].send("merci docteur")  # and back the other way
             doctor.channels[patient.me].send("je vous entends bien")
-            await _until(lambda: len(patient.chat) >= 1 and len(doctor.chat) >= 2, 10, "chat")
+            await until(lambda: len(patient.chat) >= 1 and len(doctor.chat) >= 2, 10, "chat")
             assert patient.chat == [(doctor.me, "je vous entends bien")]
             # A third participant (the nurse, a professional) joins: the mesh forms.
             async with peer("infirmiere", http, path, bearer(nurse)) as ide:
@@ -220,7 +208,7 @@ async def test_two_peers_then_a_third_form_a_mesh(
                 assert sorted(others) == sorted([doctor.me, patient.me])
                 for other in others:
                     await ide.offer_to(other)
-                await _until(
+                await until(
                     lambda: (
                         all(ide.frames.get(o, 0) >= FRAMES_WANTED for o in others)
                         and doctor.frames.get(ide.me, 0) >= FRAMES_WANTED

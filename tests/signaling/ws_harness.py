@@ -6,11 +6,12 @@ Used by the REST and WebSocket end-to-end tests against the real relay subproces
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Protocol, TypeVar
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -190,3 +191,46 @@ async def guest_socket(
 
 def soon(minutes: int = 0) -> str:
     return (datetime.now(UTC) + timedelta(minutes=minutes)).isoformat()
+
+
+class PeerClient(Protocol):
+    """A WebRTC test participant driven by its own reading task (see ``greeted_peer``)."""
+
+    async def send(self, message: Json) -> None: ...
+    async def run(self) -> None: ...
+    async def event(self, kind: str, timeout: float = ...) -> Json: ...
+    async def close(self) -> None: ...
+
+
+P = TypeVar("P", bound=PeerClient)
+
+
+@asynccontextmanager
+async def greeted_peer(
+    make: Callable[[aiohttp.ClientWebSocketResponse], P],
+    session: aiohttp.ClientSession,
+    path: str,
+    headers: dict[str, str] | None = None,
+) -> AsyncIterator[P]:
+    """Open a signaling socket, start the client's reader, say hello; close it all after."""
+    async with session.ws_connect(path, headers=headers or {}) as ws:
+        client = make(ws)
+        runner = asyncio.create_task(client.run())
+        await client.send({"type": "hello", "protocol": 1})
+        await client.event("welcome")
+        try:
+            yield client
+        finally:
+            await client.close()
+            runner.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await runner
+
+
+async def until(condition: Callable[[], object], timeout: float, what: str) -> None:
+    """Poll ``condition`` until it holds (AssertionError naming ``what`` after ``timeout``)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.05)
