@@ -13,6 +13,8 @@ from typing import Any
 from aiohttp import web
 
 from relay.audit.events import AuditAction, EntityRef, ResourceKind
+from relay.audit.log import Receipt
+from relay.consultations import Consultation
 from relay.errors import NotFound
 from relay.http import trail
 from relay.http.consultations import _ID, _load_for
@@ -55,22 +57,45 @@ async def list_recordings(request: web.Request) -> web.StreamResponse:
     return json_response({"recordings": [recording_json(consultation.id, r) for r in found]})
 
 
-async def download_recording(request: web.Request) -> web.StreamResponse:
-    rt = runtime(request)
-    _, consultation = await _load_for(request, Action.VIEW_RECORDING)
-    recording = await RecordingStore(rt.db).get(consultation.id, request.match_info["recording"])
-    if recording is None or not rt.blobs.exists(recording.blob_id):
+async def _load_recording(
+    request: web.Request, action: Action
+) -> tuple[Consultation, Recording, RecordingStore]:
+    """The consultation (authorized for ``action``) and its recording named in the path."""
+    _, consultation = await _load_for(request, action)
+    store = RecordingStore(runtime(request).db)
+    recording = await store.get(consultation.id, request.match_info["recording"])
+    if recording is None:
         raise NotFound("Enregistrement introuvable.")
-    receipt = await trail.record(
+    return consultation, recording, store
+
+
+async def _trace(
+    request: web.Request,
+    action: AuditAction,
+    consultation: Consultation,
+    recording: Recording,
+    *,
+    receipt: bool = False,
+) -> Receipt | None:
+    return await trail.record(
         request,
-        AuditAction.ATTACHMENT_DOWNLOADED,
+        action,
         entities=(
             EntityRef(ResourceKind.CONSULTATION, consultation.id),
             EntityRef(ResourceKind.RECORDING, recording.id),
         ),
         patient=consultation.patient_ref,
         detail=(("size", str(recording.size)), ("sha256", recording.sha256)),
-        receipt=True,
+        receipt=receipt,
+    )
+
+
+async def download_recording(request: web.Request) -> web.StreamResponse:
+    consultation, recording, _ = await _load_recording(request, Action.VIEW_RECORDING)
+    if not runtime(request).blobs.exists(recording.blob_id):
+        raise NotFound("Enregistrement introuvable.")
+    receipt = await _trace(
+        request, AuditAction.ATTACHMENT_DOWNLOADED, consultation, recording, receipt=True
     )
     assert receipt is not None
     # No names in the file name: it ends up in download folders and browser histories.
@@ -86,26 +111,12 @@ async def download_recording(request: web.Request) -> web.StreamResponse:
 
 
 async def delete_recording(request: web.Request) -> web.StreamResponse:
-    rt = runtime(request)
-    _, consultation = await _load_for(request, Action.DELETE_RECORDING)
-    store = RecordingStore(rt.db)
-    recording = await store.get(consultation.id, request.match_info["recording"])
-    if recording is None:
-        raise NotFound("Enregistrement introuvable.")
-    await trail.record(
-        request,
-        AuditAction.RECORDING_DELETED,
-        entities=(
-            EntityRef(ResourceKind.CONSULTATION, consultation.id),
-            EntityRef(ResourceKind.RECORDING, recording.id),
-        ),
-        patient=consultation.patient_ref,
-        detail=(("size", str(recording.size)), ("sha256", recording.sha256)),
-    )
+    consultation, recording, store = await _load_recording(request, Action.DELETE_RECORDING)
+    await _trace(request, AuditAction.RECORDING_DELETED, consultation, recording)
     # The row first: a recording no longer listed cannot be fetched; a blob left by a crash
     # between the two steps is encrypted, unreferenced, and never served.
     if await store.delete(consultation.id, recording.id):
-        await rt.blobs.delete(recording.blob_id)
+        await runtime(request).blobs.delete(recording.blob_id)
     return web.Response(status=204)
 
 
