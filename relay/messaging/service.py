@@ -568,11 +568,7 @@ class Messaging:
             domain=self.domain,
             disposition=Disposition.PROCESSED,
         )
-        entry = await self._queue_blob(
-            OutboxKind.MDN, str(mdn["Message-ID"]), "", asked, mail_bytes(mdn)
-        )
-        await self.store.enqueue([entry], now)
-        self.outbox_wakeup.set()
+        await self._queue_report(OutboxKind.MDN, mdn, asked, now)
         return 1
 
     # --- delivery failures ----------------------------------------------------------------
@@ -628,11 +624,7 @@ class Messaging:
             now=now,
             arrival_date=message.created_at,
         )
-        entry = await self._queue_blob(
-            OutboxKind.DSN, str(bounce["Message-ID"]), "", author.address, mail_bytes(bounce)
-        )
-        await self.store.enqueue([entry], now)
-        self.outbox_wakeup.set()
+        await self._queue_report(OutboxKind.DSN, bounce, author.address, now)
 
     # --- other senders ----------------------------------------------------------------------
 
@@ -780,11 +772,7 @@ class Messaging:
             domain=self.domain,
             disposition=Disposition.DISPLAYED,
         )
-        entry = await self._queue_blob(
-            OutboxKind.MDN, str(mdn["Message-ID"]), "", content.receipt_to, mail_bytes(mdn)
-        )
-        await self.store.enqueue([entry], now)
-        self.outbox_wakeup.set()
+        await self._queue_report(OutboxKind.MDN, mdn, content.receipt_to, now)
 
     async def publish_delivery(
         self, thread_id: str, message_id: str, participant_id: str, state: str
@@ -1178,6 +1166,17 @@ class Messaging:
         )
         draft.blobs.append(entry.blob_id)
         return entry
+
+    async def _queue_report(
+        self, kind: OutboxKind, report: EmailMessage, recipient: str, now: datetime
+    ) -> None:
+        """Queue a receipt or bounce, sent from the null reverse-path (RFC 5321 §4.5.5: no
+        report is ever answered with another)."""
+        entry = await self._queue_blob(
+            kind, str(report["Message-ID"]), "", recipient, mail_bytes(report)
+        )
+        await self.store.enqueue([entry], now)
+        self.outbox_wakeup.set()
 
     async def _queue_blob(
         self,
