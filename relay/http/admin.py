@@ -143,7 +143,6 @@ _NEW_TEAM = {
         "specialty": {"type": "string"},
     },
 }
-_ID = ({"name": "id", "in": "path", "required": True, "schema": {"type": "string"}},)
 
 ROUTES = [
     Route(
@@ -183,6 +182,5 @@ ROUTES = [
         },
         success_status=204,
         errors=(400, 401, 403, 404),
-        parameters=_ID,
     ),
 ]

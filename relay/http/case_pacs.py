@@ -100,7 +100,6 @@ ROUTES = [
         "Send the case's photos to the configured PACS (DICOMweb STOW-RS); audited export",
         "cases",
         errors=(400, 401, 403, 404, 409, 502, 503),
-        parameters=({"name": "id", "in": "path", "required": True, "schema": {"type": "string"}},),
         resource=ResourceKind.CASE,
     )
 ]

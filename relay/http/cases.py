@@ -689,7 +689,6 @@ async def page(request: web.Request) -> web.StreamResponse:
     return await signed_in_page(request, "cases.html")
 
 
-_ID = {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
 _CASE = {"type": "object"}
 _EVENT_SCHEMA = {
     "type": "object",
@@ -759,7 +758,6 @@ ROUTES = [
         "cases",
         response_schema=_CASE,
         errors=(401, 403, 404, 503),
-        parameters=(_ID,),
         resource=ResourceKind.CASE,
     ),
     Route(
@@ -772,7 +770,6 @@ ROUTES = [
         _CASE,
         response_schema=_CASE,
         errors=(400, 401, 403, 404, 409, 415, 503),
-        parameters=(_ID,),
         resource=ResourceKind.CASE,
     ),
     Route(
@@ -785,7 +782,6 @@ ROUTES = [
         {"type": "object", "properties": {"photo_ids": {"type": "array"}}},
         response_schema=_CASE,
         errors=(400, 401, 403, 404),
-        parameters=(_ID,),
         resource=ResourceKind.CASE,
     ),
     Route(
@@ -798,7 +794,6 @@ ROUTES = [
         _EVENT_SCHEMA,
         response_schema=_CASE,
         errors=(400, 401, 403, 404, 409, 503),
-        parameters=(_ID,),
         resource=ResourceKind.CASE,
     ),
     Route(
@@ -811,10 +806,6 @@ ROUTES = [
         response_content_type="image/jpeg",
         response_schema={"type": "string", "format": "binary"},
         errors=(401, 403, 404, 503),
-        parameters=(
-            _ID,
-            {"name": "photo", "in": "path", "required": True, "schema": {"type": "string"}},
-        ),
         resource=ResourceKind.CASE,
     ),
     Route(
@@ -827,10 +818,6 @@ ROUTES = [
         response_content_type="application/dicom",
         response_schema={"type": "string", "format": "binary"},
         errors=(400, 401, 403, 404, 422, 503),
-        parameters=(
-            _ID,
-            {"name": "photo", "in": "path", "required": True, "schema": {"type": "string"}},
-        ),
         resource=ResourceKind.CASE,
     ),
     Route(
@@ -843,7 +830,6 @@ ROUTES = [
         response_content_type="application/fhir+json",
         response_schema=_CASE,
         errors=(401, 403, 404, 503),
-        parameters=(_ID,),
         resource=ResourceKind.CASE,
     ),
 ]

@@ -402,13 +402,6 @@ async def protocol(request: web.Request) -> web.StreamResponse:
 
 # --- Routes --------------------------------------------------------------------------------
 
-_ID = {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
-_PARTICIPANT_ID = {
-    "name": "participant",
-    "in": "path",
-    "required": True,
-    "schema": {"type": "string"},
-}
 _NEW_PARTICIPANT = {
     "type": "object",
     "description": (
@@ -523,7 +516,6 @@ ROUTES = [
         "consultations",
         response_schema=_CONSULTATION,
         errors=(401, 403, 404, 503),
-        parameters=(_ID,),
         resource=_R,
     ),
     Route(
@@ -537,7 +529,6 @@ ROUTES = [
         response_schema=_PARTICIPANT,
         success_status=201,
         errors=(400, 401, 403, 404, 409, 503),
-        parameters=(_ID,),
         resource=_R,
     ),
     Route(
@@ -550,7 +541,6 @@ ROUTES = [
         response_schema=_PARTICIPANT,
         success_status=201,
         errors=(401, 403, 404, 409, 503),
-        parameters=(_ID, _PARTICIPANT_ID),
         resource=_R,
     ),
     Route(
@@ -562,7 +552,6 @@ ROUTES = [
         "consultations",
         success_status=204,
         errors=(401, 403, 404, 409, 503),
-        parameters=(_ID, _PARTICIPANT_ID),
         resource=_R,
     ),
     Route(
@@ -575,6 +564,5 @@ ROUTES = [
         _JOIN,
         response_schema={"type": "object"},
         errors=(400, 401, 403, 404, 410, 429, 503),
-        parameters=(_ID,),
     ),
 ]

@@ -156,7 +156,6 @@ _FILE_SCHEMA = {
         "content_type": {"type": "string"},
     },
 }
-_ID = ({"name": "id", "in": "path", "required": True, "schema": {"type": "string"}},)
 
 ROUTES = [
     Route(
@@ -182,7 +181,6 @@ ROUTES = [
         response_content_type="application/octet-stream",
         response_schema={"type": "string", "format": "binary"},
         errors=(401, 403, 404, 503),
-        parameters=_ID,
         resource=ResourceKind.ATTACHMENT,
     ),
 ]

@@ -350,8 +350,6 @@ async def guest_page(request: web.Request) -> web.StreamResponse:
     )
 
 
-_ID = {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
-
 ROUTES = [
     Route(
         "GET",
@@ -372,7 +370,6 @@ ROUTES = [
         response_schema={"type": "object"},
         success_status=202,
         errors=(404, 429, 503),
-        parameters=(_ID,),
     ),
     Route(
         "POST",
@@ -384,7 +381,6 @@ ROUTES = [
         {"type": "object", "required": ["code"], "properties": {"code": {"type": "string"}}},
         response_schema={"type": "object"},
         errors=(400, 401, 404, 415, 429, 503),
-        parameters=(_ID,),
     ),
     Route(
         "GET",
@@ -406,7 +402,6 @@ ROUTES = [
         response_content_type="application/octet-stream",
         response_schema={"type": "string", "format": "binary"},
         errors=(401, 404, 503),
-        parameters=(_ID,),
     ),
     Route(
         "POST",

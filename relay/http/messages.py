@@ -439,8 +439,6 @@ async def thread_page(request: web.Request) -> web.StreamResponse:
 
 # --- routes ----------------------------------------------------------------------------------
 
-_ID = {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
-_ATTACHMENT = {"name": "attachment", "in": "path", "required": True, "schema": {"type": "string"}}
 _PARTICIPANT = {
     "type": "object",
     "properties": {
@@ -538,7 +536,6 @@ ROUTES = [
         "messages",
         response_schema=_THREAD,
         errors=(401, 403, 404, 503),
-        parameters=(_ID,),
         resource=ResourceKind.THREAD,
     ),
     Route(
@@ -552,7 +549,6 @@ ROUTES = [
         response_schema={"type": "object"},
         success_status=201,
         errors=(400, 401, 403, 404, 413, 415, 503),
-        parameters=(_ID,),
         resource=ResourceKind.THREAD,
     ),
     Route(
@@ -565,7 +561,6 @@ ROUTES = [
         {"type": "object", "properties": {"message_ids": {"type": "array"}}},
         response_schema={"type": "object"},
         errors=(400, 401, 403, 404),
-        parameters=(_ID,),
         resource=ResourceKind.THREAD,
     ),
     Route(
@@ -578,7 +573,6 @@ ROUTES = [
         response_content_type="application/octet-stream",
         response_schema={"type": "string", "format": "binary"},
         errors=(401, 403, 404, 503),
-        parameters=(_ID, _ATTACHMENT),
         resource=ResourceKind.THREAD,
     ),
     Route(

@@ -32,6 +32,9 @@ ERROR_SCHEMA = {
 }
 
 
+_PATH_PARAMETER = re.compile(r"{(\w+)}")
+
+
 def _operation(route: Route) -> dict[str, Any]:
     operation: dict[str, Any] = {
         "summary": route.summary,
@@ -41,8 +44,16 @@ def _operation(route: Route) -> dict[str, Any]:
     }
     if route.action is Action.PUBLIC:
         operation["security"] = []
-    if route.parameters:
-        operation["parameters"] = list(route.parameters)
+    # Path parameters come from the template itself, so a route cannot forget or misname
+    # one; ``route.parameters`` adds the query and header ones.
+    parameters = [
+        {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+        for name in _PATH_PARAMETER.findall(route.path)
+    ]
+    declared = {(p["name"], p["in"]) for p in parameters}
+    parameters += [p for p in route.parameters if (p["name"], p["in"]) not in declared]
+    if parameters:
+        operation["parameters"] = parameters
     if route.request_schema is not None:
         operation["requestBody"] = {
             "required": True,

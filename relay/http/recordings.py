@@ -17,7 +17,7 @@ from relay.audit.log import Receipt
 from relay.consultations import Consultation
 from relay.errors import NotFound
 from relay.http import trail
-from relay.http.consultations import _ID, _load_for
+from relay.http.consultations import _load_for
 from relay.http.context import runtime
 from relay.http.files import stream_blob
 from relay.http.jsonio import json_response
@@ -120,12 +120,6 @@ async def delete_recording(request: web.Request) -> web.StreamResponse:
     return web.Response(status=204)
 
 
-_RECORDING_ID = {
-    "name": "recording",
-    "in": "path",
-    "required": True,
-    "schema": {"type": "string"},
-}
 _RECORDING = {
     "type": "object",
     "properties": {
@@ -157,7 +151,6 @@ ROUTES = [
             "properties": {"recordings": {"type": "array", "items": _RECORDING}},
         },
         errors=(401, 403, 404, 503),
-        parameters=(_ID,),
         resource=ResourceKind.CONSULTATION,
     ),
     Route(
@@ -170,7 +163,6 @@ ROUTES = [
         response_schema={"type": "string", "format": "binary"},
         response_content_type="video/webm",
         errors=(401, 403, 404, 503),
-        parameters=(_ID, _RECORDING_ID),
         resource=ResourceKind.CONSULTATION,
     ),
     Route(
@@ -182,7 +174,6 @@ ROUTES = [
         "consultations",
         success_status=204,
         errors=(401, 403, 404, 503),
-        parameters=(_ID, _RECORDING_ID),
         resource=ResourceKind.CONSULTATION,
     ),
 ]

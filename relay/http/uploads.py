@@ -287,7 +287,6 @@ async def expire_uploads(rt: Runtime, now: datetime) -> int:
     return len(rows)
 
 
-_ID = ({"name": "id", "in": "path", "required": True, "schema": {"type": "string"}},)
 _STATE = {
     "type": "object",
     "properties": {
@@ -328,7 +327,6 @@ ROUTES = [
         request_content_type="application/offset+octet-stream",
         response_schema=_STATE,
         errors=(400, 401, 403, 404, 409, 413, 415, 422, 503),
-        parameters=_ID,
     ),
     Route(
         "GET",
@@ -339,7 +337,6 @@ ROUTES = [
         "uploads",
         response_schema=_STATE,
         errors=(401, 403, 404),
-        parameters=_ID,
     ),
     Route(
         "HEAD",
@@ -349,7 +346,6 @@ ROUTES = [
         "Current offset of an upload in the Upload-Offset header",
         "uploads",
         errors=(401, 403, 404),
-        parameters=_ID,
         in_api_document=False,
     ),
 ]
