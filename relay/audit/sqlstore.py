@@ -64,9 +64,11 @@ def configure(conn: sqlite3.Connection) -> None:
 
     ``secure_delete`` makes SQLite overwrite deleted content with zeros, so the content and
     salt that retention erases do not linger in free pages of the file (sqlite.org/pragma.html
-    #pragma_secure_delete).
+    #pragma_secure_delete). ``temp_store=MEMORY`` keeps the statement journals of a batch's
+    savepoints off the disk (temporary files in /var/tmp otherwise).
     """
     conn.execute("PRAGMA secure_delete=ON").fetchall()  # consume its row: statement done
+    conn.execute("PRAGMA temp_store=MEMORY").fetchall()
 
 
 def _blob(value: object) -> bytes | None:

@@ -20,7 +20,7 @@ from fhir.resources.R4B.bundle import Bundle
 
 from relay.audit import checkpoint as cp
 from relay.audit import events as ev
-from relay.audit import merkle
+from relay.audit import merkle, sqlstore
 from relay.audit.commands import export_command, verify_command
 from relay.audit.errors import AuditUnavailable, ProofRequestError
 from relay.audit.keys import PATIENT_KEY_FILE, SIGNING_KEY_FILE, VERIFIER_KEY_FILE
@@ -815,3 +815,11 @@ async def test_export_fhir_and_atna(env: Env, searchable: AuditLog) -> None:
         assert message.tag == "AuditMessage"
         event_id = message.find("EventIdentification/EventID")
         assert event_id is not None and event_id.get("csd-code") == "110110"
+
+
+def test_audit_connections_keep_deleted_content_and_temporary_journals_off_disk() -> None:
+    conn = sqlite3.connect(":memory:")
+    sqlstore.configure(conn)
+    assert conn.execute("PRAGMA secure_delete").fetchone()[0] == 1
+    assert conn.execute("PRAGMA temp_store").fetchone()[0] == 2  # MEMORY
+    conn.close()

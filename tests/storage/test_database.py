@@ -13,6 +13,8 @@ async def test_open_applies_migrations_once_with_durable_pragmas(tmp_path: Path)
     assert versions and versions == sorted(versions)
     assert (await db.fetchone("PRAGMA journal_mode"))[0] == "wal"  # type: ignore[index]
     assert (await db.fetchone("PRAGMA synchronous"))[0] == 2  # type: ignore[index]  # FULL
+    # Statement journals of the per-message savepoints stay in memory, not in /var/tmp.
+    assert (await db.fetchone("PRAGMA temp_store"))[0] == 2  # type: ignore[index]  # MEMORY
     await db.close()
     db = await Database.open(tmp_path / "relais.db")
     again = [row[0] for row in await db.fetchall("SELECT version FROM schema_migrations")]
