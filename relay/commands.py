@@ -37,6 +37,7 @@ from relay.runtime import open_audit
 from storage.blobs import BlobStore
 from storage.database import Database
 from storage.keys import Keyring
+from storage.sealed import SealedDocuments
 
 
 def _operator() -> Actor:
@@ -318,10 +319,17 @@ async def keys_rotate(args: argparse.Namespace, data: DataDir) -> int:
     )
     blobs = BlobStore(data.blobs, keyring, chunk_size=config.storage.blob_chunk_kib * 1024)
     count = await blobs.rewrap_all()
+    # Message contents are sealed in SQL rows (storage/sealed.py): same keys, re-wrapped too.
+    db = await Database.open(data.database(config))
+    try:
+        documents = SealedDocuments(db, blobs)
+        count += await documents.rewrap_all()
+    finally:
+        await db.close()
     print(f"Nouvelle clé maîtresse {new_id} ; {count} clés de données re-chiffrées.")
     if args.destroy_old:
         for key_id in sorted(old_ids):
-            keyring.destroy(key_id, users=[blobs])
+            keyring.destroy(key_id, users=[blobs, documents])
             await _trace(
                 data,
                 AuditAction.KEY_ROTATED,

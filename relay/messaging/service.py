@@ -2,11 +2,12 @@
 the SMTP gateway. It stores (encrypted blobs, then one SQL transaction), queues the mails a
 message causes, and publishes push events; it decides nothing the cores do not say.
 
-Order of a post, so that an acknowledged message is whole after a crash: content and
-attachment blobs (fsynced), the outbound mails as blobs (fsynced), then one transaction with
-the message, its attachments, deliveries, outbox entries. A crash before the commit leaves
-unreferenced blobs only, never a message without its parts. Push events are published after
-the commit. Audit events are the callers' (they know the actor and the network address).
+Order of a post, so that an acknowledged message is whole after a crash: attachment blobs
+(fsynced), the outbound mails as blobs (fsynced), then one transaction with the message, its
+content document (sealed into SQL: storage/sealed.py), attachments, deliveries, outbox entries.
+A crash before the commit leaves unreferenced blobs only, never a message without its parts.
+Push events are published after the commit. Audit events are the callers' (they know the
+actor and the network address).
 """
 
 from __future__ import annotations
@@ -85,10 +86,11 @@ from relay.messaging.outbound import (
 )
 from relay.messaging.store import MessagingStore, NewMessageRecord, code_digest
 from relay.messaging.store import Professional as DirectoryProfessional
-from storage.blobs import BlobStore
+from storage.blobs import BlobStore, new_blob_id
 from storage.bus import EventBus
 from storage.database import Database
 from storage.errors import BusError
+from storage.sealed import SealedDocuments
 
 log = logging.getLogger("relais.messaging")
 
@@ -715,17 +717,18 @@ class Messaging:
 
     async def thread_content(self, thread: Thread) -> ThreadContent:
         """The decrypted subject and patient of a thread."""
-        raw = await self.blobs.read_all_verified(
-            thread.content_blob_id, max_bytes=CONTENT_MAX_BYTES
-        )
-        return ThreadContent.parse(raw)
+        return ThreadContent.parse(await self._document(thread.content_blob_id))
 
     async def message_content(self, message: Message) -> MessageContent:
         """The decrypted text and attachment names of a message."""
-        raw = await self.blobs.read_all_verified(
-            message.content_blob_id, max_bytes=CONTENT_MAX_BYTES
-        )
-        return MessageContent.parse(raw)
+        return MessageContent.parse(await self._document(message.content_blob_id))
+
+    async def _document(self, doc_id: str) -> bytes:
+        # Sealed in SQL since migration 0007; a blob file before.
+        found = await self.store.documents.read(doc_id, max_bytes=CONTENT_MAX_BYTES)
+        if found is not None:
+            return found
+        return await self.blobs.read_all_verified(doc_id, max_bytes=CONTENT_MAX_BYTES)
 
     async def attachment_data(self, message: Message, attachment: AttachmentInfo) -> bytes:
         """An attachment's bytes, authenticated (from its blob, or from the message's content
@@ -962,23 +965,23 @@ class Messaging:
         this first message's document."""
         message_id = new_id()
         author_id = None if author is None else author.id
-        try:
-            content = await self.blobs.put(
-                bytes(
-                    MessageContent(
-                        text,
-                        tuple(a.filename for a in attachments),
-                        sender_name,
-                        tuple(a.data for a in attachments if a.blob_id is None and a.data),
-                        raw_headers,
-                        thread_content,
-                        receipt_to,
-                    )
-                )
+        # The content document is sealed into the message's own transaction (SQL, not a
+        # blob file: storage/sealed.py says why).
+        content_id = new_blob_id()
+        document = bytes(
+            MessageContent(
+                text,
+                tuple(a.filename for a in attachments),
+                sender_name,
+                tuple(a.data for a in attachments if a.blob_id is None and a.data),
+                raw_headers,
+                thread_content,
+                receipt_to,
             )
-            draft.blobs.append(content.blob_id)
+        )
+        try:
             if thread_content is not None:
-                thread = dataclasses.replace(thread, content_blob_id=content.blob_id)
+                thread = dataclasses.replace(thread, content_blob_id=content_id)
             participants = (*thread.participants, *new_participants)
             plans = plan_deliveries(
                 participants, author_id, domain=self.domain, smime_addresses=frozenset()
@@ -1025,7 +1028,7 @@ class Messaging:
             author_participant_id=author_id,
             author_professional_id=author_professional_id,
             source=source,
-            content_blob_id=content.blob_id,
+            content_blob_id=content_id,
             raw_blob_id=None,
             rfc822_id=rfc822_id,
             size=len(text.encode("utf-8")) + sum(a.size for a in attachments),
@@ -1035,7 +1038,7 @@ class Messaging:
                     new_id(),
                     message_id,
                     n,
-                    a.blob_id or content.blob_id,
+                    a.blob_id or content_id,
                     a.content_type,
                     a.size,
                     a.sha256,
@@ -1061,6 +1064,7 @@ class Messaging:
             mail_ids += (rfc822_id,)
         record = NewMessageRecord(
             message=message,
+            content=document,
             thread=thread if thread_content is not None else None,
             new_participants=new_participants,
             outbox=tuple(outbox),
@@ -1275,7 +1279,7 @@ def open_messaging(
     """The messaging service of one relay (``reply_secret``: :func:`load_reply_secret`)."""
     settings = config.messaging
     return Messaging(
-        store=MessagingStore(db),
+        store=MessagingStore(db, SealedDocuments(db, blobs)),
         blobs=blobs,
         bus=bus,
         config=MessagingConfig(

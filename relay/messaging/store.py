@@ -31,6 +31,7 @@ from relay.messaging.model import (
     ThreadSummary,
 )
 from storage.database import Database
+from storage.sealed import SealedDocuments
 
 
 @dataclass(frozen=True)
@@ -40,10 +41,13 @@ class NewMessageRecord:
     ``thread`` is set when the message starts a new thread (created with its participants);
     ``new_participants`` joins an existing thread (e.g. a team member answering for the team);
     ``mail_ids`` are Message-IDs of mail the relay sends about the thread (for threading
-    replies that come back to a mailbox address).
+    replies that come back to a mailbox address). ``content`` is the message's content
+    document in clear: it is sealed into ``sealed_documents`` as ``message.content_blob_id``
+    inside the transaction (None when that document is a blob file already).
     """
 
     message: Message
+    content: bytes | None = None
     thread: Thread | None = None
     new_participants: tuple[Participant, ...] = ()
     outbox: tuple[OutboxEntry, ...] = ()
@@ -267,7 +271,7 @@ _PendingInsert = tuple[NewMessageRecord, datetime, "asyncio.Future[tuple[str, se
 
 
 def _write_message(
-    conn: sqlite3.Connection, record: NewMessageRecord, now: datetime
+    conn: sqlite3.Connection, record: NewMessageRecord, now: datetime, documents: SealedDocuments
 ) -> tuple[str, set[str]]:
     """The rows of one posted message (inside the batch's transaction)."""
     message = record.message
@@ -294,6 +298,8 @@ def _write_message(
         )
     for p in record.new_participants:
         _insert_participant(conn, p, now)
+    if record.content is not None:
+        documents.insert(conn, message.content_blob_id, record.content)
     _insert_message(conn, message)
     if message.author_professional_id is not None:
         conn.execute(
@@ -341,8 +347,9 @@ class GuestCode:
 class MessagingStore:
     """SQL for threads, messages, reads, deliveries, guests and recipient certificates."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, documents: SealedDocuments) -> None:
         self.db = db
+        self.documents = documents
         self._pending: list[_PendingInsert] = []
         self._writer: asyncio.Future[None] | None = None
 
@@ -378,7 +385,7 @@ class MessagingStore:
                 for record, now, _ in batch:
                     conn.execute("SAVEPOINT message")
                     try:
-                        outcomes.append(_write_message(conn, record, now))
+                        outcomes.append(_write_message(conn, record, now, self.documents))
                     except Exception as exc:
                         conn.execute("ROLLBACK TO SAVEPOINT message")
                         outcomes.append(exc)
@@ -415,7 +422,7 @@ class MessagingStore:
 
     async def thread(self, thread_id: str) -> Thread | None:
         """A thread with its participants, or None."""
-        return await self.db.run(lambda conn: load_thread(conn, thread_id))
+        return await self.db.read(lambda conn: load_thread(conn, thread_id))
 
     async def threads_for(
         self, professional_id: str, team_ids: Sequence[str], *, limit: int, only_team: str | None
@@ -447,7 +454,7 @@ class MessagingStore:
                 for row in rows
             ]
 
-        return await self.db.run(query)
+        return await self.db.read(query)
 
     async def messages(self, thread_id: str) -> list[Message]:
         """The messages of a thread, oldest first, with attachments and deliveries."""
@@ -472,7 +479,7 @@ class MessagingStore:
                 deliveries[d["message_id"]].append(_delivery(d))
             return [_message(r, attachments[r["id"]], deliveries[r["id"]]) for r in rows]
 
-        return await self.db.run(query)
+        return await self.db.read(query)
 
     async def message(self, message_id: str) -> Message | None:
         """One message with its attachments and deliveries."""
@@ -528,7 +535,7 @@ class MessagingStore:
 
     async def viewers(self, thread_id: str) -> set[str]:
         """Professionals who see the thread: participants and members of participant teams."""
-        return await self.db.run(lambda conn: _viewers(conn, thread_id))
+        return await self.db.read(lambda conn: _viewers(conn, thread_id))
 
     # --- directory lookups (inbound mail, recipients) ---------------------------------------
 

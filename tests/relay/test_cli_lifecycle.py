@@ -13,9 +13,10 @@ from pathlib import Path
 import aiohttp
 
 from tests.conftest import bearer, login
-from tests.harness.accounts import NURSE, PASSWORD, seed
+from tests.harness.accounts import NURSE, PASSWORD, PHYSICIAN, seed
 from tests.harness.redis_server import free_port
 from tests.harness.relay_process import FAST_ENV, RelayProcess, init_data_dir, relais
+from tests.relay.messaging.helpers import start_thread, thread
 
 
 def test_serve_on_empty_dir_initialises_and_prints_how_to_log_in(tmp_path: Path) -> None:
@@ -152,10 +153,14 @@ async def test_keys_rotate_rewraps_and_old_key_can_be_destroyed(tmp_path: Path) 
         ) as r:
             stored = await r.json()
             assert r.status == 201, stored
+        # A message's content is sealed in an SQL row, not a blob file: re-wrapped too.
+        posted = await start_thread(
+            http, bearer(token), recipients=[PHYSICIAN.email], text="Plaie propre, à revoir."
+        )
     relay.stop()
     old_keys = sorted(p.name for p in (data_dir / "keys").glob("master-*.key"))
     result = relais(data_dir, "keys", "rotate", "--destroy-old")
-    assert "1 clés de données re-chiffrées" in result.stdout
+    assert "2 clés de données re-chiffrées" in result.stdout, result.stdout
     new_keys = sorted(p.name for p in (data_dir / "keys").glob("master-*.key"))
     assert len(new_keys) == 1 and new_keys != old_keys
     relay.start()
@@ -165,6 +170,9 @@ async def test_keys_rotate_rewraps_and_old_key_can_be_destroyed(tmp_path: Path) 
             token = await login(http, NURSE.email, PASSWORD)
             async with http.get(f"/api/files/{stored['id']}", headers=bearer(token)) as r:
                 assert await r.read() == b"before rotation" * 999
+            shown = await thread(http, bearer(token), posted["id"])
+            assert shown["subject"] == "Avis sur une plaie"
+            assert shown["messages"][0]["text"] == "Plaie propre, à revoir."
     finally:
         relay.stop()
 

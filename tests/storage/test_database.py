@@ -1,4 +1,6 @@
+import asyncio
 import sqlite3
+import threading
 from pathlib import Path
 
 import pytest
@@ -70,4 +72,38 @@ async def test_read_only_database_raises_storage_error(tmp_path: Path) -> None:
             "INSERT INTO teams (id, address, name, kind, created_at)"
             " VALUES ('t', 'a', 'n', 'msp', 'x')"
         )
+    await db.close()
+
+
+async def test_reads_do_not_wait_for_the_writer_and_see_only_commits(tmp_path: Path) -> None:
+    db = await Database.open(tmp_path / "relais.db")
+    await db.execute("CREATE TABLE notes (id INTEGER PRIMARY KEY, text TEXT NOT NULL)")
+    await db.execute("INSERT INTO notes (text) VALUES ('committed')")
+    inside, release = threading.Event(), threading.Event()
+
+    def slow_write(conn: sqlite3.Connection) -> None:
+        conn.execute("INSERT INTO notes (text) VALUES ('pending')")
+        inside.set()
+        release.wait(10)  # the writer thread is held mid-transaction
+
+    writing = asyncio.ensure_future(db.transaction(slow_write))
+    try:
+        await asyncio.to_thread(inside.wait, 10)
+        # Answered while the writer is busy, from the last commit only.
+        rows = await asyncio.wait_for(db.fetchall("SELECT text FROM notes ORDER BY id"), 5)
+        assert [row["text"] for row in rows] == ["committed"]
+    finally:
+        release.set()
+        await writing
+    rows = await db.read(lambda conn: conn.execute("SELECT text FROM notes ORDER BY id").fetchall())
+    assert [row["text"] for row in rows] == ["committed", "pending"]
+    await db.close()
+
+
+async def test_the_read_connection_refuses_writes(tmp_path: Path) -> None:
+    db = await Database.open(tmp_path / "relais.db")
+    await db.execute("CREATE TABLE notes (id INTEGER PRIMARY KEY)")
+    with pytest.raises(StorageError, match="readonly"):
+        await db.read(lambda conn: conn.execute("INSERT INTO notes DEFAULT VALUES"))
+    assert await db.fetchall("SELECT id FROM notes") == []
     await db.close()

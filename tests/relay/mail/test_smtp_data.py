@@ -33,6 +33,10 @@ def _session(relay: RelayProcess) -> smtplib.SMTP:
     return client
 
 
+def _blob_files(relay: RelayProcess) -> set[str]:
+    return {path.name for path in (relay.data_dir / "blobs").glob("*/*")}
+
+
 async def _stored(http: aiohttp.ClientSession, subject: str) -> dict[str, Any]:
     doctor = await headers_for(http, PHYSICIAN.email)
     async with http.get("/api/threads", params={"limit": "200"}, headers=doctor) as response:
@@ -44,6 +48,7 @@ async def _stored(http: aiohttp.ClientSession, subject: str) -> dict[str, Any]:
 async def test_dot_stuffing_and_a_terminator_split_across_segments(
     relay: RelayProcess, http: aiohttp.ClientSession
 ) -> None:
+    blob_files = _blob_files(relay)
     client = _session(relay)
     body = (
         f"From: {SENDER}\r\nTo: {PHYSICIAN.email}\r\nSubject: dots\r\n\r\n"
@@ -60,6 +65,8 @@ async def test_dot_stuffing_and_a_terminator_split_across_segments(
     client.quit()
     message = await _stored(http, "dots")
     assert message["text"] == ".leading period\n..two periods\n.\nend.\n"
+    # A small mail's content is sealed into its SQL row: no blob file was written for it.
+    assert _blob_files(relay) == blob_files
 
 
 async def test_pipelined_bytes_after_the_end_go_to_the_command_loop(

@@ -21,7 +21,10 @@ from relay.messaging.model import (
     Thread,
 )
 from relay.messaging.store import MessagingStore, NewMessageRecord
+from storage.blobs import BlobStore
 from storage.database import Database
+from storage.keys import Keyring
+from storage.sealed import SealedDocuments
 
 NOW = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
 
@@ -34,7 +37,8 @@ async def _store(tmp_path: Path) -> tuple[Database, MessagingStore, str]:
         " VALUES (?, 'ide@relais.localhost', 'IDE', 'nurse', ?)",
         (pro, NOW.isoformat()),
     )
-    return db, MessagingStore(db), pro
+    blobs = BlobStore(tmp_path / "blobs", Keyring.create(tmp_path / "keys"))
+    return db, MessagingStore(db, SealedDocuments(db, blobs)), pro
 
 
 def _new_thread(pro: str, rfc822_id: str | None = None) -> NewMessageRecord:
@@ -153,15 +157,12 @@ async def test_other_parts_queue_mail_once(tmp_path: Path) -> None:
     from relay.mail.notifications import Notification, NotificationKind, build_notification
     from relay.messaging.model import OutboxKind
     from relay.messaging.service import Messaging, MessagingConfig
-    from storage.blobs import BlobStore
     from storage.bus import InMemoryBus
-    from storage.keys import Keyring
 
     db, store, _ = await _store(tmp_path)
-    blobs = BlobStore(tmp_path / "blobs", Keyring.create(tmp_path / "keys"))
     messaging = Messaging(
         store=store,
-        blobs=blobs,
+        blobs=store.documents.blobs,
         bus=InMemoryBus(),
         config=MessagingConfig("relais.localhost", "https://relais.example"),
         reply_secret=b"s" * 32,
@@ -185,6 +186,7 @@ async def test_other_parts_queue_mail_once(tmp_path: Path) -> None:
         row = await db.fetchone("SELECT recipient, envelope_from, blob_id FROM outbox")
         assert row is not None and row["recipient"] == "dr@hopital.example"
         assert row["envelope_from"] == "postmaster@relais.localhost"
-        assert len(list(blobs.iter_blob_ids())) == 1  # the duplicate's blob was removed
+        # The duplicate's blob was removed.
+        assert len(list(store.documents.blobs.iter_blob_ids())) == 1
     finally:
         await db.close()
