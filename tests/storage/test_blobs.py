@@ -37,24 +37,9 @@ from storage.errors import (
 )
 from storage.keys import Keyring
 from tests.storage import crash_writer
+from tests.storage.conftest import CS, payload
 
 REPO = Path(__file__).resolve().parents[2]
-CS = 64  # small chunks: many-chunk blobs stay tiny
-
-
-@pytest.fixture
-def keyring(tmp_path: Path) -> Keyring:
-    return Keyring.create(tmp_path / "keys")
-
-
-@pytest.fixture
-def store(tmp_path: Path, keyring: Keyring) -> BlobStore:
-    # No recover(): shard directories are then made on demand (recover() is tested below).
-    return BlobStore(tmp_path / "blobs", keyring, chunk_size=CS)
-
-
-def payload(size: int, seed: int = 0) -> bytes:
-    return random.Random(seed).randbytes(size)
 
 
 async def pieces(data: bytes, seed: int = 1) -> AsyncIterator[bytes]:

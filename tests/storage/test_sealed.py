@@ -3,7 +3,6 @@ a blob file would hold, tampering, limits, rotation and key destruction."""
 
 from __future__ import annotations
 
-import random
 import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -15,22 +14,7 @@ from storage.database import Database
 from storage.errors import BlobIntegrityError, BlobTooLarge, MasterKeyInUse
 from storage.keys import KEY_ID_MAX_LEN, Keyring
 from storage.sealed import SealedDocuments
-
-CS = 64  # small chunks: several-chunk documents stay tiny
-
-
-def payload(size: int, seed: int = 0) -> bytes:
-    return random.Random(seed).randbytes(size)
-
-
-@pytest.fixture
-def keyring(tmp_path: Path) -> Keyring:
-    return Keyring.create(tmp_path / "keys")
-
-
-@pytest.fixture
-def store(tmp_path: Path, keyring: Keyring) -> BlobStore:
-    return BlobStore(tmp_path / "blobs", keyring, chunk_size=CS)
+from tests.storage.conftest import CS, payload
 
 
 @pytest.fixture
