@@ -11,6 +11,7 @@ import json
 import logging
 import signal
 import socket
+import sys
 from datetime import timedelta
 
 from aiohttp import web
@@ -87,6 +88,7 @@ async def _serve(rt: Runtime, data: DataDir, config: Config) -> None:
         loop.add_signal_handler(sig, stop.set)
     url = rt.config.server.public_url or f"https://localhost:{port}"
     tune_gc()
+    tune_thread_switching()
     log.info("listening on https://%s:%d", config.http.host, port)
     print(f"Relais Santé écoute sur {url}/ (HTTPS, port {port})", flush=True)
     print(f"  Certificat de l'autorité locale : {data.ca_cert}", flush=True)
@@ -138,6 +140,21 @@ def tune_gc() -> None:
     """
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)
+
+
+SWITCH_INTERVAL_SECONDS = 0.001
+
+
+def tune_thread_switching() -> None:
+    """Hand the GIL over after 1 ms instead of CPython's 5 ms.
+
+    The database, blob and parser-pool threads each finish a short blocking call (an fsync, a
+    SQLite step) and then need the GIL for a few microseconds to hand their result back; with
+    the event loop busy, each of them waited up to the full interval, several times per
+    inbound mail. Measured with the SMTP bench (three alternating pairs of runs, loaded
+    machine): 241/281/244 msg/s against 235/269/223 with the default, at the same CPU.
+    """
+    sys.setswitchinterval(SWITCH_INTERVAL_SECONDS)
 
 
 RETENTION_PERIOD_SECONDS = 24 * 3600

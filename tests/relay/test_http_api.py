@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import socket
 import ssl
+import sys
 
 import aiohttp
 import pytest
@@ -188,3 +190,24 @@ def test_plain_http_to_https_port_gets_no_http_answer(relay: RelayProcess) -> No
         except ConnectionResetError:
             data = b""
     assert not data.startswith(b"HTTP/")
+
+
+def test_the_server_tunes_the_collector_and_thread_switching() -> None:
+    from relay.http.server import (
+        GC_THRESHOLDS,
+        SWITCH_INTERVAL_SECONDS,
+        tune_gc,
+        tune_thread_switching,
+    )
+
+    interval, thresholds = sys.getswitchinterval(), gc.get_threshold()
+    try:
+        tune_gc()
+        tune_thread_switching()
+        assert gc.get_threshold() == GC_THRESHOLDS
+        assert sys.getswitchinterval() == pytest.approx(SWITCH_INTERVAL_SECONDS)
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*thresholds)
+        sys.setswitchinterval(interval)
