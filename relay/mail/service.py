@@ -25,7 +25,8 @@ from relay.mail.outbox import (
     SmarthostTransport,
     Transport,
 )
-from relay.mail.smtp_server import InboundHandler, ParserPool, RelaySMTP
+from relay.mail.parser_pool import ParserPool
+from relay.mail.smtp_server import InboundHandler, RelaySMTP
 from relay.messaging.inbound import SenderPolicy
 from relay.messaging.model import DeliveryState
 from relay.runtime import Runtime
@@ -202,7 +203,7 @@ class MailService:
         if worker is not None:
             await worker.stop(grace)
         if parsers is not None:
-            await asyncio.to_thread(parsers.close)
+            parsers.close()  # on the loop's thread (it owns the pipes); idle workers exit at once
         smime, self._smime = self._smime, None
         if smime is not None:
             try:

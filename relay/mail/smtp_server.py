@@ -23,50 +23,39 @@ logs commands at INFO and DATA lines at DEBUG, is held at WARNING.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import dataclasses
 import hashlib
 import ipaddress
 import logging
-import os
 import re
 import ssl
 from collections.abc import Awaitable, Callable
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 from typing import Any, Protocol
 
 from aiosmtpd.smtp import MISSING, SMTP, syntax
-from cryptography import x509
-from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
 from relay.audit.errors import AuditUnavailable
 from relay.audit.events import Actor, AuditAction, AuditRecord, EntityRef, Outcome, ResourceKind
 from relay.audit.log import AuditLog
 from relay.mail import reply_tokens
 from relay.mail.addresses import AddressKind, classify, normalize_address
-from relay.mail.dsn import Bounce, is_delivery_report, read_bounce
 from relay.mail.errors import (
-    DecryptionFailed,
     MailError,
-    MalformedMessage,
     RelayDenied,
     ReplyNotAllowed,
     SenderNotAllowed,
     TooManyRecipients,
     UnknownRecipient,
 )
-from relay.mail.limits import MailLimits, ParsedMessage, parse_message
-from relay.mail.smime import open_enveloped
+from relay.mail.limits import ParsedMessage
+from relay.mail.parser_pool import Parsed, ParserUnavailable
 from relay.messaging.core import is_local
 from relay.messaging.inbound import InboundMail, InboundTarget, PeerTls, SenderPolicy, TargetKind
 from relay.messaging.model import DeliveryState
 from relay.messaging.service import BouncedDelivery, Messaging
-from relay.workers import exit_with
 
 log = logging.getLogger("relais.smtp")
 logging.getLogger("mail.log").setLevel(logging.WARNING)
@@ -74,110 +63,6 @@ logging.getLogger("mail.log").setLevel(logging.WARNING)
 _HOST = re.compile(r"[A-Za-z0-9][A-Za-z0-9.\-]{0,252}")
 TEMPORARY_FAILURE = "451 4.3.0 Temporary local problem, try again later"
 ACCEPTED = "250 2.0.0 Message accepted for delivery"
-
-
-# --- parsing, in worker processes ------------------------------------------------------------
-
-_smime_paths: tuple[str, str] | None = None
-_relay_key: Any = None
-_relay_cert: x509.Certificate | None = None
-
-
-def init_worker(cert_path: str, key_path: str, relay_pid: int) -> None:
-    """Process-pool initializer: remember where the relay's S/MIME certificate and key are
-    (read at the first encrypted mail), and end this worker when the relay process ends,
-    however it ends (``kill -9`` included)."""
-    global _smime_paths
-    exit_with(relay_pid)
-    _smime_paths = (cert_path, key_path)
-
-
-def _smime_identity() -> tuple[Any, x509.Certificate] | None:
-    global _relay_key, _relay_cert
-    if _relay_cert is None and _smime_paths is not None:
-        try:
-            cert = x509.load_pem_x509_certificate(Path(_smime_paths[0]).read_bytes())
-            key = load_pem_private_key(Path(_smime_paths[1]).read_bytes(), password=None)
-        except (OSError, ValueError):
-            return None  # not issued yet (first start) or unreadable
-        _relay_cert, _relay_key = cert, key
-    if _relay_cert is None:
-        return None
-    return _relay_key, _relay_cert
-
-
-Parsed = tuple[ParsedMessage, bool, Bounce | None]
-"""What the parser processes return: the message, whether it was decrypted, and the delivery
-report it is, if it is one."""
-
-
-def parse_inbound(raw: bytes, limits: MailLimits) -> Parsed:
-    """Parse under limits; decrypt when S/MIME-enveloped; read a delivery report (RFC 3464)
-    when the message declares itself one.
-
-    Raises MailError (picklable: it crosses the process boundary); anything unexpected from
-    the parser on hostile input is a malformed message, not a crash.
-    """
-    try:
-        parsed = parse_message(raw, limits)
-        if not parsed.smime_enveloped:
-            return parsed, False, _bounce(raw, parsed, limits)
-        identity = _smime_identity()
-        if identity is None:
-            raise DecryptionFailed("The relay has no S/MIME certificate yet")
-        return open_enveloped(raw, identity[0], identity[1], limits), True, None
-    except MailError:
-        raise
-    except Exception:
-        raise MalformedMessage("The message could not be parsed") from None
-
-
-def _bounce(raw: bytes, parsed: ParsedMessage, limits: MailLimits) -> Bounce | None:
-    """The report a message is, or None: an unreadable report is still a mail (kept for
-    postmaster), never a reason to refuse it."""
-    try:
-        if is_delivery_report(parsed.raw_headers):
-            return read_bounce(raw, limits)
-    except Exception:  # MailError included: the report only goes unread
-        return None
-    return None
-
-
-class ParserPool:
-    """The process pool parsing inbound mail; rebuilt if a worker dies."""
-
-    def __init__(self, workers: int, cert_path: Path, key_path: Path, limits: MailLimits) -> None:
-        self._workers = workers
-        self._args = (str(cert_path), str(key_path), os.getpid())
-        self.limits = limits
-        self._pool = self._new_pool()
-
-    def _new_pool(self) -> ProcessPoolExecutor:
-        import multiprocessing
-
-        # forkserver: never fork the threaded server process itself.
-        return ProcessPoolExecutor(
-            max_workers=self._workers,
-            mp_context=multiprocessing.get_context("forkserver"),
-            initializer=init_worker,
-            initargs=self._args,
-        )
-
-    async def parse(self, raw: bytes) -> Parsed:
-        """Parse ``raw`` in a worker; MailError for a refused message."""
-        loop = asyncio.get_running_loop()
-        pool = self._pool
-        try:
-            return await loop.run_in_executor(pool, parse_inbound, raw, self.limits)
-        except BrokenProcessPool:
-            if self._pool is pool:  # the first of the waiting calls to notice replaces it
-                log.error("a mail parser process died; restarting the pool")
-                pool.shutdown(wait=False, cancel_futures=True)
-                self._pool = self._new_pool()
-            raise
-
-    def close(self) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=True)
 
 
 # --- the aiosmtpd handler --------------------------------------------------------------------
@@ -321,7 +206,7 @@ class InboundHandler:
         except MailError as error:
             await self._refused(session, error, tls, _targets_entities(transaction))
             return error.smtp_reply
-        except BrokenProcessPool:
+        except ParserUnavailable:
             return TEMPORARY_FAILURE
         if bounce is not None and not self.policy.accepts_report(
             transaction.sender, parsed.from_address, tls

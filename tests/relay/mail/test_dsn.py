@@ -13,7 +13,7 @@ from relay.mail.dsn import Bounce, BouncedRecipient, ReportedAction, is_delivery
 from relay.mail.errors import MailError, MalformedMessage
 from relay.mail.limits import MailLimits
 from relay.mail.mdn import RecipientFailure, build_bounce, header_section
-from relay.mail.smtp_server import parse_inbound
+from relay.mail.parser_pool import parse_inbound
 from tests.relay.mail import bounces
 
 ID = "<Zq3xY8rT2mN5bV7cX1aS4dF6@relais.localhost>"
