@@ -87,6 +87,10 @@ class Bounce:
 
 def is_delivery_report(header_section: bytes) -> bool:
     """Whether a top-level header section declares a delivery report (cheap: no body read)."""
+    if b"report" not in header_section.lower():
+        # The media type must name it: almost every mail stops here, without the header
+        # parse (~0.1 ms, a fifth of an inbound mail's parse, issue 4).
+        return False
     headers = BytesHeaderParser(policy=email_policy.compat32).parsebytes(header_section)
     report_type = str(headers.get_param("report-type", "") or "").strip().lower()
     return headers.get_content_type() == "multipart/report" and report_type in REPORT_TYPES

@@ -189,6 +189,11 @@ def test_is_delivery_report_reads_only_the_header_section() -> None:
     assert not is_delivery_report(b"Content-Type: multipart/report; report-type=disposition-no")
     assert not is_delivery_report(b"Content-Type: text/plain\r\n")
     assert not is_delivery_report(b"")
+    # Any case, folded parameters: the quick test on the bytes must not miss one.
+    assert is_delivery_report(
+        b'Content-Type: MULTIPART/REPORT;\r\n\tREPORT-TYPE="Delivery-Status";\r\n'
+        b'\tboundary="b"\r\nSubject: Undeliverable\r\n'
+    )
 
 
 def test_the_parser_processes_read_reports_and_keep_broken_ones_as_mail() -> None:
