@@ -7,8 +7,9 @@ raw bytes, measured in the same run with the same client.
 * baseline: an aiosmtpd server (its own process, STARTTLS with the same kind of certificate)
   whose ``handle_DATA`` writes the message to a new file, fsyncs it and answers ``250``;
 * measured: ``relais serve`` (its own process) — STARTTLS, recipient lookup, the parse under
-  limits in the worker processes, encrypted blobs (message, content, raw copy) fsynced, one
-  SQL transaction, the audit record — before each ``250``.
+  limits in the worker processes, the audit record, then one SQL transaction (group commit)
+  holding the message and its encrypted content document (the 4 KB attachment travels
+  inside it) — before each ``250``.
 
 Both servers are driven by the same asyncio client here: 20 connections, each sending its
 share of the messages one after the other over one SMTP session (as an MTA does), STARTTLS
