@@ -4,6 +4,7 @@ fails alone, deduplication of retried mail and of queued mail by Message-ID, fir
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import sqlite3
 from datetime import UTC, datetime
 from pathlib import Path
@@ -88,6 +89,40 @@ async def test_concurrent_inserts_share_commits_and_a_bad_one_fails_alone(tmp_pa
             assert message_id == record.message.id and viewers == {pro}
         rows = await db.fetchone("SELECT count(*) AS n FROM messages")
         assert rows is not None and rows["n"] == 31
+    finally:
+        await db.close()
+
+
+async def test_contents_from_before_sealed_documents_are_read_from_their_blob_files(
+    tmp_path: Path,
+) -> None:
+    """A relay upgraded past migration 0007 keeps the blob files of its older messages."""
+    from relay.messaging.content import MessageContent, ThreadContent
+    from relay.messaging.service import Messaging, MessagingConfig
+    from storage.bus import InMemoryBus
+
+    db, store, pro = await _store(tmp_path)
+    messaging = Messaging(
+        store=store,
+        blobs=store.documents.blobs,
+        bus=InMemoryBus(),
+        config=MessagingConfig("relais.localhost", "https://relais.example"),
+        reply_secret=b"s" * 32,
+        patient_reference=lambda ins: ins,
+    )
+    try:
+        old = await store.documents.blobs.put(
+            bytes(MessageContent("Écrit avant", thread=ThreadContent("Ancien sujet", None)))
+        )
+        record = _new_thread(pro)
+        message = dataclasses.replace(record.message, content_blob_id=old.blob_id)
+        assert record.thread is not None
+        thread = dataclasses.replace(record.thread, content_blob_id=old.blob_id)
+        await store.insert(NewMessageRecord(message, thread=thread), NOW)  # no content: a file
+        assert (await messaging.message_content(message)).text == "Écrit avant"
+        assert (await messaging.thread_content(thread)).subject == "Ancien sujet"
+        count = await db.fetchone("SELECT count(*) AS n FROM sealed_documents")
+        assert count is not None and count["n"] == 0
     finally:
         await db.close()
 
