@@ -20,6 +20,7 @@ from storage.blobs import BlobStore, BytesLike
 from storage.database import Database
 
 _BATCH = 256
+LOCK_TIMEOUT_SECONDS = 30.0
 
 
 class SealedDocuments:
@@ -71,12 +72,19 @@ class SealedDocuments:
 
     def key_ids_in_use(self) -> set[str]:
         """Master key ids some document needs (:class:`storage.keys.KeyUser`); blocking, on a
-        connection of its own."""
-        conn = sqlite3.connect(f"{self.db.path.resolve().as_uri()}?mode=ro", uri=True)
+        connection of its own.
+
+        The scan holds the write lock: a running relay's transaction that sealed a document
+        before the rotation commits first and is counted (a document sealed after it names
+        the new key). A read-only scan could miss such a row and let its key be destroyed.
+        """
+        conn = sqlite3.connect(self.db.path, timeout=LOCK_TIMEOUT_SECONDS, isolation_level=None)
         try:
+            conn.execute("BEGIN IMMEDIATE")
             in_use: set[str] = set()
             for doc_id, sealed in conn.execute("SELECT id, sealed FROM sealed_documents"):
                 in_use |= self.blobs.sealed_key_ids(doc_id, sealed)
+            conn.execute("ROLLBACK")
             return in_use
         finally:
             conn.close()

@@ -3,7 +3,9 @@ a blob file would hold, tampering, limits, rotation and key destruction."""
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -112,3 +114,32 @@ async def test_rotation_rewraps_documents_and_guards_the_old_key(
     )
     for doc_id, data in docs.items():
         assert await reloaded.read(doc_id, max_bytes=1000) == data
+
+
+async def test_the_destroy_check_waits_for_a_document_being_written(
+    documents: SealedDocuments, keyring: Keyring
+) -> None:
+    """A relay sealed a document under the old key just before a rotation and has not
+    committed yet: the check for key destruction must wait for it and count it."""
+    old_id = keyring.current_id
+    sealed, release = threading.Event(), threading.Event()
+
+    def slow_write(conn: sqlite3.Connection) -> None:
+        documents.insert(conn, new_blob_id(), b"compte rendu")
+        sealed.set()
+        release.wait(10)
+
+    writing = asyncio.ensure_future(documents.db.transaction(slow_write))
+    await asyncio.to_thread(sealed.wait, 10)
+    new_id = keyring.rotate()
+    checking = asyncio.ensure_future(asyncio.to_thread(documents.key_ids_in_use))
+    await asyncio.sleep(0.3)
+    assert not checking.done()  # waiting for the writer's commit
+    release.set()
+    await writing
+    assert await checking == {old_id}
+    with pytest.raises(MasterKeyInUse):
+        keyring.destroy(old_id, users=[documents])
+    assert await documents.rewrap_all() == 1
+    keyring.destroy(old_id, users=[documents])
+    assert documents.key_ids_in_use() == {new_id}
