@@ -100,3 +100,13 @@ def browser() -> Iterator[Any]:
         )
         yield instance
         instance.close()
+
+
+async def metric(http: aiohttp.ClientSession, sample: str) -> float:
+    """One sample of the relay's /metrics (``name`` or ``name{labels}``), 0 when absent."""
+    async with http.get("/metrics") as response:
+        text = await response.text()
+    for line in text.splitlines():
+        if line.startswith(sample + " "):
+            return float(line.split()[-1])
+    return 0.0

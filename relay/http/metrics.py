@@ -1,4 +1,4 @@
-"""Prometheus metrics of one relay process: requests, latencies, event-loop lag."""
+"""Prometheus metrics of one relay process: requests, latencies, event-loop lag, mail."""
 
 from __future__ import annotations
 
@@ -54,6 +54,19 @@ class Metrics:
             "relais_recordings_stored",
             "Recordings sealed into encrypted blobs, by why they ended.",
             ["end_reason"],
+            registry=self.registry,
+        )
+        self.smtp_replies = Counter(
+            "relais_smtp_replies",
+            "Replies of the SMTP gateway to MAIL, RCPT and DATA, by command and reply code.",
+            ["command", "code"],
+            registry=self.registry,
+        )
+        self.outbox_attempts = Counter(
+            "relais_outbox_attempts",
+            "Outbound mail delivery attempts by result: sent, deferred (retried later), "
+            "failed (for good).",
+            ["result"],
             registry=self.registry,
         )
         info = Gauge("relais_node_info", "Node identity.", ["node"], registry=self.registry)

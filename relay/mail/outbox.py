@@ -297,6 +297,7 @@ class OutboxWorker:
         clock: Callable[[], datetime],
         wakeup: asyncio.Event,
         on_delivery: DeliveryCallback,
+        on_attempt: Callable[[str], None] | None = None,
     ) -> None:
         self.queue = queue
         self.blobs = blobs
@@ -307,6 +308,7 @@ class OutboxWorker:
         self.clock = clock
         self.wakeup = wakeup
         self.on_delivery = on_delivery
+        self.on_attempt = on_attempt  # "sent" | "deferred" | "failed": the relay's metrics
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
 
@@ -363,6 +365,7 @@ class OutboxWorker:
             )
             with contextlib.suppress(Exception):
                 await self.queue.mark_retry(row, failure, now + timedelta(seconds=delay), now)
+            self._attempted("deferred")
 
     async def _deliver(self, row: OutboxRow) -> None:
         now = self.clock()
@@ -405,21 +408,28 @@ class OutboxWorker:
                 self.settings.retry_max_seconds,
             )
             await self.queue.mark_retry(row, failure, now + timedelta(seconds=delay), now)
+            self._attempted("deferred")
             with contextlib.suppress(AuditUnavailable):
                 await self._audit(row, Outcome.MINOR_FAILURE, failure.status)
             log.info("outbox: mail %s deferred %.1fs (%s)", row.id, delay, failure.status)
             return
         state = await self.queue.mark_sent(row, self.clock())
+        self._attempted("sent")
         if state is not None:
             await self._callback(row, state, None)
 
     async def _finish_failed(self, row: OutboxRow, failure: DeliveryFailure, now: datetime) -> None:
         state = await self.queue.mark_failed(row, failure, now)
+        self._attempted("failed")
         with contextlib.suppress(AuditUnavailable):
             await self._audit(row, Outcome.SERIOUS_FAILURE, failure.status)
         log.warning("outbox: mail %s failed for good (%s)", row.id, failure.status)
         if state is not None:
             await self._callback(row, state, failure)
+
+    def _attempted(self, result: str) -> None:
+        if self.on_attempt is not None:
+            self.on_attempt(result)
 
     async def _callback(
         self, row: OutboxRow, state: DeliveryState, failure: DeliveryFailure | None

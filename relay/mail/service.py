@@ -116,6 +116,7 @@ class MailService:
             node=config.server.node_name,
             clock=rt.clock,
             max_recipients=config.smtp.max_recipients,
+            on_reply=lambda command, code: rt.metrics.smtp_replies.labels(command, code).inc(),
         )
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
@@ -144,6 +145,7 @@ class MailService:
             clock=rt.clock,
             wakeup=rt.messaging.outbox_wakeup,
             on_delivery=self._delivered,
+            on_attempt=lambda result: rt.metrics.outbox_attempts.labels(result).inc(),
         )
         self._worker.start()
 

@@ -148,8 +148,10 @@ class InboundHandler:
         node: str,
         clock: Callable[[], datetime],
         max_recipients: int,
+        on_reply: Callable[[str, str], None] | None = None,
     ) -> None:
         self.messaging = messaging
+        self.on_reply = on_reply  # (command, reply code): the gateway's metrics
         self.store = messaging.store
         self.audit = audit
         self.policy = policy
@@ -159,7 +161,30 @@ class InboundHandler:
         self.max_recipients = max_recipients
         self.domain = messaging.domain
 
+    # aiosmtpd hooks: the reply of each is counted by command and code (for /metrics: a
+    # storm of 550s, STARTTLS refusals or temporary failures shows there first).
+
     async def handle_MAIL(  # aiosmtpd hook name
+        self, server: Any, session: Any, envelope: Any, address: str, options: list[str]
+    ) -> str:
+        return self._counted("mail", await self._mail(server, session, envelope, address, options))
+
+    async def handle_RCPT(  # aiosmtpd hook name
+        self, server: Any, session: Any, envelope: Any, address: str, options: list[str]
+    ) -> str:
+        return self._counted("rcpt", await self._rcpt(server, session, envelope, address, options))
+
+    async def handle_DATA(  # aiosmtpd hook name
+        self, server: Any, session: Any, envelope: Any
+    ) -> str:
+        return self._counted("data", await self._data(server, session, envelope))
+
+    def _counted(self, command: str, reply: str) -> str:
+        if self.on_reply is not None:
+            self.on_reply(command, reply[:3])
+        return reply
+
+    async def _mail(
         self, server: Any, session: Any, envelope: Any, address: str, options: list[str]
     ) -> str:
         tls = peer_tls(session)
@@ -177,7 +202,7 @@ class InboundHandler:
         envelope.relais = _Transaction(sender, [])
         return "250 2.1.0 Sender OK"
 
-    async def handle_RCPT(  # aiosmtpd hook name
+    async def _rcpt(
         self, server: Any, session: Any, envelope: Any, address: str, options: list[str]
     ) -> str:
         transaction = _transaction(envelope)
@@ -194,9 +219,7 @@ class InboundHandler:
         envelope.rcpt_options.extend(options)
         return "250 2.1.5 Recipient OK"
 
-    async def handle_DATA(  # aiosmtpd hook name
-        self, server: Any, session: Any, envelope: Any
-    ) -> str:
+    async def _data(self, server: Any, session: Any, envelope: Any) -> str:
         transaction = _transaction(envelope)
         tls = peer_tls(session)
         raw: bytes = envelope.original_content

@@ -18,7 +18,7 @@ import pytest
 from certs.ca import CertifiedKey, create_ca
 from certs.issue import issue_client_certificate
 from relay.mail.smime import encrypt_message
-from tests.conftest import require_component
+from tests.conftest import metric, require_component
 from tests.harness.accounts import PHYSICIAN, add_account
 from tests.harness.relay_process import RelayProcess, start_relay
 from tests.relay.messaging.helpers import (
@@ -64,6 +64,8 @@ def _send(relay: RelayProcess, tmp_path: Path, raw: bytes, *args: str, to: str =
 async def test_starttls_then_delivery_to_a_professional(
     relay: RelayProcess, http: aiohttp.ClientSession
 ) -> None:
+    refused_before = await metric(http, 'relais_smtp_replies_total{code="530",command="mail"}')
+    stored_before = await metric(http, 'relais_smtp_replies_total{code="250",command="data"}')
     code, transcript = swaks(relay.smtp_port, "--from", SENDER, "--to", PHYSICIAN.email)
     assert "530 5.7.0 Must issue a STARTTLS command first" in server_replies(transcript)
     code, transcript = swaks(
@@ -84,6 +86,15 @@ async def test_starttls_then_delivery_to_a_professional(
     received = await audit_events(http, resource=line["id"], action="message_received")
     assert received
     assert "TLSv1" in json.dumps(received[0]["event"])  # how it came is in the trace
+    # Operators see both in /metrics, by command and reply code.
+    assert (
+        await metric(http, 'relais_smtp_replies_total{code="530",command="mail"}')
+        == refused_before + 1
+    )
+    assert (
+        await metric(http, 'relais_smtp_replies_total{code="250",command="data"}')
+        == stored_before + 1
+    )
 
 
 async def test_the_same_mail_to_a_mailbox_twice_is_stored_once(
@@ -106,6 +117,7 @@ async def test_never_an_open_relay_and_unknown_recipients_refused_at_rcpt(
     relay: RelayProcess, http: aiohttp.ClientSession
 ) -> None:
     before = len(outbox_mails(relay.data_dir))
+    refusals = await metric(http, 'relais_smtp_replies_total{code="550",command="rcpt"}')
     _, transcript = swaks(relay.smtp_port, "--tls", "--from", SENDER, "--to", "x@gmail.com")
     assert "550 5.7.1 Relaying denied" in server_replies(transcript)
     _, transcript = swaks(
@@ -119,6 +131,9 @@ async def test_never_an_open_relay_and_unknown_recipients_refused_at_rcpt(
     assert len(outbox_mails(relay.data_dir)) == before
     refused = await audit_events(http, action="mail_refused")
     assert any("relay_denied" in json.dumps(e["event"]) for e in refused)
+    assert (
+        await metric(http, 'relais_smtp_replies_total{code="550",command="rcpt"}') >= refusals + 2
+    )
 
 
 @pytest.mark.parametrize(

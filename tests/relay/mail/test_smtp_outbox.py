@@ -15,7 +15,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.conftest import require_component
+from tests.conftest import metric, require_component
 from tests.harness.accounts import NURSE, add_account
 from tests.harness.redis_server import free_port
 from tests.harness.relay_process import RelayProcess, init_data_dir, start_relay
@@ -117,6 +117,9 @@ async def test_delivers_once_the_smarthost_comes_back(setup: Setup) -> None:
             return {d["state"] for d in first["deliveries"]} == {"delivered"}
 
         assert await eventually(delivered)
+        # In /metrics: each attempt while down deferred, then each mail sent.
+        assert await metric(http, 'relais_outbox_attempts_total{result="deferred"}') >= 4
+        assert await metric(http, 'relais_outbox_attempts_total{result="sent"}') >= 2
     assert len(set(_message_ids(setup.sink.handler.snapshot()))) == 2
 
 
@@ -141,6 +144,7 @@ async def test_permanent_failure_is_told_in_the_thread_and_by_dsn(setup: Setup) 
         first = (await thread(http, nurse, created["id"]))["messages"][0]
         failed = [d for d in first["deliveries"] if d["state"] == "failed"]
         assert len(failed) == 1 and "5.1.1" in (failed[0]["reason"] or "")
+        assert await metric(http, 'relais_outbox_attempts_total{result="failed"}') >= 1
 
         # An external author whose message cannot be forwarded gets a DSN (RFC 3464).
         notification = next(r for r in setup.sink.handler.snapshot() if r.recipients == (external,))
