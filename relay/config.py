@@ -140,6 +140,7 @@ class TeleconsultationConfig:
     birth_date_window_minutes: float = 15.0
     recording: bool = True
     recording_max_megabytes: int = 2048
+    recording_retention_days: int = 0
 
 
 @dataclass(frozen=True)

@@ -7,13 +7,22 @@ recording can always be read back. Rows carry ids, times and sizes: nothing clin
 
 from __future__ import annotations
 
+import logging
 import re
 import sqlite3
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Final
 
+from relay.audit.events import Actor, AuditAction, AuditRecord, EntityRef, Outcome, ResourceKind
+from relay.audit.log import AuditLog
+from relay.consultations import ConsultationStore
 from signaling.recorder import Recording
+from storage.blobs import BlobStore
 from storage.database import Database
+
+log = logging.getLogger("relais.recordings")
+
+RETENTION_BATCH: Final = 200
 
 _OPAQUE_ID: Final = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
@@ -84,6 +93,15 @@ class RecordingStore:
 
         return await self._db.transaction(remove)
 
+    async def ended_before(self, cutoff: datetime, limit: int) -> list[Recording]:
+        """Recordings that ended before ``cutoff``, oldest first, at most ``limit``."""
+        rows = await self._db.fetchall(
+            f"SELECT {_COLUMNS} FROM consultation_recordings"  # noqa: S608 - constant
+            " WHERE ended_at < ? ORDER BY ended_at, id LIMIT ?",
+            (cutoff.isoformat(), limit),
+        )
+        return [_recording(row) for row in rows]
+
     async def list_for(self, consultation_id: str) -> list[Recording]:
         """A consultation's recordings, oldest first."""
         if not _OPAQUE_ID.fullmatch(consultation_id):
@@ -105,3 +123,52 @@ class RecordingStore:
             (consultation_id, recording_id),
         )
         return None if row is None else _recording(row)
+
+
+async def erase_expired_recordings(
+    *,
+    db: Database,
+    blobs: BlobStore,
+    audit: AuditLog,
+    retention_days: int,
+    now: datetime,
+    node: str,
+) -> int:
+    """Erase the recordings that ended more than ``retention_days`` ago (0: keep them until
+    their organizer erases one); return how many. Each erasure is traced first
+    (``recording_deleted``, reason ``retention``, by the system), then its row goes, then
+    its encrypted media, as when the organizer erases one."""
+    if retention_days <= 0:
+        return 0
+    store = RecordingStore(db)
+    consultations = ConsultationStore(db)
+    cutoff = now - timedelta(days=retention_days)
+    erased = 0
+    while batch := await store.ended_before(cutoff, RETENTION_BATCH):
+        for recording in batch:
+            consultation = await consultations.get(recording.consultation_id)
+            await audit.record(
+                AuditRecord(
+                    action=AuditAction.RECORDING_DELETED,
+                    outcome=Outcome.SUCCESS,
+                    now=now,
+                    actor=Actor.system(node),
+                    observer=node,
+                    entities=(
+                        EntityRef(ResourceKind.CONSULTATION, recording.consultation_id),
+                        EntityRef(ResourceKind.RECORDING, recording.id),
+                    ),
+                    patient=None if consultation is None else consultation.patient_ref,
+                    detail=(
+                        ("reason", "retention"),
+                        ("size", str(recording.size)),
+                        ("sha256", recording.sha256),
+                    ),
+                )
+            )
+            if await store.delete(recording.consultation_id, recording.id):
+                await blobs.delete(recording.blob_id)
+                erased += 1
+    if erased:
+        log.info("recording retention: %d recording(s) erased", erased)
+    return erased

@@ -27,6 +27,7 @@ from relay.datadir import DataDir
 from relay.http.app import IN_FLIGHT, build_app
 from relay.http.cases import run_scheduler as run_case_scheduler
 from relay.mail.service import MailService
+from relay.recordings import erase_expired_recordings
 from relay.runtime import Runtime
 
 log = logging.getLogger("relais")
@@ -185,8 +186,9 @@ async def _trace_configuration(rt: Runtime, data: DataDir, config: Config) -> No
 
 
 async def _erase_expired_daily(rt: Runtime) -> None:
-    """Apply the audit retention periods at start and then once a day (CNIL: 6 months to
-    3 years): contents erased, commitments kept so that every proof still holds."""
+    """Apply the retention periods at start and then once a day: the audit log's (CNIL: 6
+    months to 3 years; contents erased, commitments kept so that every proof still holds)
+    and the recordings' (``[teleconsultation] recording_retention_days``, when set)."""
     while True:
         try:
             erased = await rt.audit.erase_expired(rt.clock())
@@ -194,6 +196,17 @@ async def _erase_expired_daily(rt: Runtime) -> None:
                 log.info("audit retention: %d event(s) erased", erased)
         except Exception as exc:  # retried tomorrow; the log itself stays usable
             log.error("audit retention pass failed: %s", type(exc).__name__)
+        try:
+            await erase_expired_recordings(
+                db=rt.db,
+                blobs=rt.blobs,
+                audit=rt.audit,
+                retention_days=rt.config.teleconsultation.recording_retention_days,
+                now=rt.clock(),
+                node=rt.config.server.node_name,
+            )
+        except Exception as exc:  # retried tomorrow
+            log.error("recording retention pass failed: %s", type(exc).__name__)
         await asyncio.sleep(RETENTION_PERIOD_SECONDS)
 
 
