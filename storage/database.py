@@ -150,9 +150,20 @@ class Database:
         return await self._call(self._executor, self._conn, work)
 
     async def read(self, work: Callable[[sqlite3.Connection], T]) -> T:
-        """Run the queries of ``work(connection)`` on the reader thread: it sees every
-        transaction committed before the call, and may not write."""
-        return await self._call(self._reader_executor, self._reader, work)
+        """Run the queries of ``work(connection)`` on the reader thread, in one read
+        transaction: every query sees the same state, which includes every transaction
+        committed before the call (a commit landing between two of its queries is not seen
+        by either). It may not write."""
+
+        def in_snapshot(conn: sqlite3.Connection) -> T:
+            conn.execute("BEGIN")
+            try:
+                return work(conn)
+            finally:
+                if conn.in_transaction:  # a read transaction: nothing to roll back
+                    conn.execute("COMMIT")
+
+        return await self._call(self._reader_executor, self._reader, in_snapshot)
 
     @staticmethod
     async def _call(
@@ -207,7 +218,7 @@ class Database:
 
     async def close(self) -> None:
         """Close the connections (after pending calls) and stop the database threads."""
-        await self.read(lambda conn: conn.close())
+        await self._call(self._reader_executor, self._reader, lambda conn: conn.close())
         self._reader_executor.shutdown(wait=True)
         await self.run(lambda conn: conn.close())
         self._executor.shutdown(wait=True)

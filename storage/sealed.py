@@ -16,7 +16,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Callable
 
-from storage.blobs import BlobStore, BytesLike
+from storage.blobs import HEADER_SIZE, BlobStore, BytesLike
 from storage.database import Database
 
 _BATCH = 256
@@ -72,22 +72,35 @@ class SealedDocuments:
 
     def key_ids_in_use(self) -> set[str]:
         """Master key ids some document needs (:class:`storage.keys.KeyUser`); blocking, on a
-        connection of its own.
+        connection of its own; reads only each row's header.
 
-        The scan holds the write lock: a running relay's transaction that sealed a document
-        before the rotation commits first and is counted (a document sealed after it names
-        the new key). A read-only scan could miss such a row and let its key be destroyed.
+        The rows already committed are scanned without a lock (a running relay keeps
+        writing meanwhile); then, holding the write lock for a moment, the rows added since:
+        a transaction of a running relay that sealed a document before the rotation commits
+        first and is counted there (a document sealed after it names the new key). Rows are
+        never deleted and the relay only adds them, so "added since" is "rowid above".
         """
         conn = sqlite3.connect(self.db.path, timeout=LOCK_TIMEOUT_SECONDS, isolation_level=None)
         try:
-            conn.execute("BEGIN IMMEDIATE")
             in_use: set[str] = set()
-            for doc_id, sealed in conn.execute("SELECT id, sealed FROM sealed_documents"):
-                in_use |= self.blobs.sealed_key_ids(doc_id, sealed)
+            seen = self._scan(conn, 0, in_use)
+            conn.execute("BEGIN IMMEDIATE")
+            self._scan(conn, seen, in_use)
             conn.execute("ROLLBACK")
             return in_use
         finally:
             conn.close()
+
+    def _scan(self, conn: sqlite3.Connection, after: int, in_use: set[str]) -> int:
+        """Add the key ids of the rows with a rowid above ``after``; the highest rowid seen."""
+        highest = after
+        for rowid, doc_id, header in conn.execute(
+            "SELECT rowid, id, substr(sealed, 1, ?) FROM sealed_documents WHERE rowid > ?",
+            (HEADER_SIZE, after),
+        ):
+            in_use |= self.blobs.sealed_key_ids(doc_id, header)
+            highest = max(highest, rowid)
+        return highest
 
 
 def _rewrap(blobs: BlobStore, doc_ids: list[str]) -> Callable[[sqlite3.Connection], int]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import tempfile
 
@@ -12,6 +13,8 @@ from relay.http.jsonio import json_response
 from relay.http.route import Route
 from relay.policy import Action
 
+WRITER_PROBE_SECONDS = 5.0
+
 
 async def healthz(request: web.Request) -> web.StreamResponse:
     """The process answers: nothing more is checked (for liveness probes)."""
@@ -19,11 +22,16 @@ async def healthz(request: web.Request) -> web.StreamResponse:
 
 
 async def readyz(request: web.Request) -> web.StreamResponse:
-    """Ready when the database answers and the blob directory accepts writes."""
+    """Ready when the database answers (its reader, and its writer within a few seconds: a
+    writer stuck on a lock or an fsync fails every write while reads still work) and the
+    blob directory accepts writes."""
     rt = runtime(request)
     checks: dict[str, str] = {}
     try:
         await rt.db.fetchone("SELECT 1")
+        await asyncio.wait_for(
+            rt.db.run(lambda conn: conn.execute("SELECT 1").fetchone()), WRITER_PROBE_SECONDS
+        )
         checks["database"] = "ok"
     except Exception as exc:  # any failure means not ready; the type says which
         checks["database"] = type(exc).__name__

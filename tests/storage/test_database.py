@@ -107,3 +107,23 @@ async def test_the_read_connection_refuses_writes(tmp_path: Path) -> None:
         await db.read(lambda conn: conn.execute("INSERT INTO notes DEFAULT VALUES"))
     assert await db.fetchall("SELECT id FROM notes") == []
     await db.close()
+
+
+async def test_the_queries_of_one_read_see_one_state(tmp_path: Path) -> None:
+    """A commit landing between two queries of one read is seen by neither (the thread view
+    reads messages, then their attachments and deliveries: they must agree)."""
+    db = await Database.open(tmp_path / "relais.db")
+    await db.execute("CREATE TABLE notes (id INTEGER PRIMARY KEY, text TEXT NOT NULL)")
+    await db.execute("INSERT INTO notes (text) VALUES ('first')")
+    loop = asyncio.get_running_loop()
+
+    def two_queries(conn: sqlite3.Connection) -> tuple[int, int]:
+        before = conn.execute("SELECT count(*) FROM notes").fetchone()[0]
+        insert = db.execute("INSERT INTO notes (text) VALUES ('second')")
+        asyncio.run_coroutine_threadsafe(insert, loop).result(10)  # committed by the writer
+        after = conn.execute("SELECT count(*) FROM notes").fetchone()[0]
+        return before, after
+
+    assert await db.read(two_queries) == (1, 1)
+    assert (await db.fetchone("SELECT count(*) AS n FROM notes"))["n"] == 2  # type: ignore[index]
+    await db.close()
