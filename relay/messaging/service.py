@@ -16,7 +16,6 @@ import asyncio
 import contextlib
 import dataclasses
 import hashlib
-import hmac
 import logging
 import os
 import secrets
@@ -84,7 +83,7 @@ from relay.messaging.outbound import (
     notification_mail,
     thread_link,
 )
-from relay.messaging.store import MessagingStore, NewMessageRecord, code_digest
+from relay.messaging.store import GuestCodeOutcome, MessagingStore, NewMessageRecord, code_digest
 from relay.messaging.store import Professional as DirectoryProfessional
 from storage.blobs import BlobStore, new_blob_id
 from storage.bus import EventBus
@@ -695,22 +694,24 @@ class Messaging:
         self, participant: Participant, code: str, now: datetime
     ) -> tuple[str, datetime]:
         """Exchange a valid one-time code for a guest session token (the code is consumed)."""
-        pending = await self.store.guest_code(participant.id)
-        refused = Unauthenticated(
-            "Code incorrect ou expiré. Demandez un nouveau code.", code="invalid_guest_code"
+        token = secrets.token_urlsafe(32)
+        expires_at = now + timedelta(hours=self.config.guest_session_hours)
+        outcome = await self.store.redeem_guest_code(
+            participant.id,
+            code_digest(code.strip()),
+            token=token,
+            expires_at=expires_at,
+            max_failures=GUEST_CODE_MAX_FAILURES,
+            now=now,
         )
-        if pending is None or pending.expires_at <= now:
-            raise refused
-        if pending.failures >= GUEST_CODE_MAX_FAILURES:
+        if outcome is GuestCodeOutcome.TOO_MANY:
             raise TooManyRequests(
                 "Trop d'essais : demandez un nouveau code.", retry_after=GUEST_CODE_RESEND_SECONDS
             )
-        if not hmac.compare_digest(code_digest(code.strip()), pending.code_hash):
-            await self.store.count_guest_failure(participant.id)
-            raise refused
-        token = secrets.token_urlsafe(32)
-        expires_at = now + timedelta(hours=self.config.guest_session_hours)
-        await self.store.open_guest_session(participant.id, token, expires_at, now)
+        if outcome is not GuestCodeOutcome.OPENED:
+            raise Unauthenticated(
+                "Code incorrect ou expiré. Demandez un nouveau code.", code="invalid_guest_code"
+            )
         return token, expires_at
 
     # --- reading ---------------------------------------------------------------------------
@@ -968,18 +969,18 @@ class Messaging:
         # The content document is sealed into the message's own transaction (SQL, not a
         # blob file: storage/sealed.py says why).
         content_id = new_blob_id()
-        document = bytes(
-            MessageContent(
-                text,
-                tuple(a.filename for a in attachments),
-                sender_name,
-                tuple(a.data for a in attachments if a.blob_id is None and a.data),
-                raw_headers,
-                thread_content,
-                receipt_to,
-            )
-        )
         try:
+            document = bytes(
+                MessageContent(
+                    text,
+                    tuple(a.filename for a in attachments),
+                    sender_name,
+                    tuple(a.data for a in attachments if a.blob_id is None and a.data),
+                    raw_headers,
+                    thread_content,
+                    receipt_to,
+                )
+            )
             if thread_content is not None:
                 thread = dataclasses.replace(thread, content_blob_id=content_id)
             participants = (*thread.participants, *new_participants)

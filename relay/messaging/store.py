@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import hmac
 import sqlite3
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from enum import Enum
 
 from relay.messaging.core import TRANSITIONS, DeliveryEvent, next_delivery_state
 from relay.messaging.model import (
@@ -47,7 +49,7 @@ class NewMessageRecord:
     """
 
     message: Message
-    content: bytes | None = None
+    content: bytes | None = field(default=None, repr=False)  # clear text: never in a repr
     thread: Thread | None = None
     new_participants: tuple[Participant, ...] = ()
     outbox: tuple[OutboxEntry, ...] = ()
@@ -331,6 +333,14 @@ def _viewers(conn: sqlite3.Connection, thread_id: str) -> set[str]:
 def code_digest(secret: str) -> str:
     """Guest codes and guest session tokens are stored by their SHA-256 only."""
     return hashlib.sha256(secret.encode("utf-8")).hexdigest()
+
+
+class GuestCodeOutcome(Enum):
+    """What a guest's one-time code gave (:meth:`MessagingStore.redeem_guest_code`)."""
+
+    OPENED = "opened"  # the code was right: consumed, a session recorded
+    INVALID = "invalid"  # wrong (counted), expired, or none pending
+    TOO_MANY = "too_many"  # too many wrong codes: a new code must be asked for
 
 
 @dataclass(frozen=True)
@@ -718,27 +728,44 @@ class MessagingStore:
 
         await self.db.transaction(write)
 
-    async def count_guest_failure(self, participant_id: str) -> None:
-        """One more wrong code for the participant's pending code."""
-        await self.db.execute(
-            "UPDATE guest_codes SET failures = failures + 1 WHERE participant_id = ?",
-            (participant_id,),
-        )
+    async def redeem_guest_code(
+        self,
+        participant_id: str,
+        code_hash: str,
+        *,
+        token: str,
+        expires_at: datetime,
+        max_failures: int,
+        now: datetime,
+    ) -> GuestCodeOutcome:
+        """Check a one-time code and, when it is right, consume it and record a guest
+        session for ``token`` — in one transaction, so concurrent guesses are counted one by
+        one against ``max_failures`` and a code opens one session only."""
 
-    async def open_guest_session(
-        self, participant_id: str, token: str, expires_at: datetime, now: datetime
-    ) -> None:
-        """Consume the code (one use) and record a guest session for ``token``."""
-
-        def write(conn: sqlite3.Connection) -> None:
+        def write(conn: sqlite3.Connection) -> GuestCodeOutcome:
+            row = conn.execute(
+                "SELECT code_hash, expires_at, failures FROM guest_codes WHERE participant_id = ?",
+                (participant_id,),
+            ).fetchone()
+            if row is None or _dt(row["expires_at"]) <= now:
+                return GuestCodeOutcome.INVALID
+            if row["failures"] >= max_failures:
+                return GuestCodeOutcome.TOO_MANY
+            if not hmac.compare_digest(code_hash, row["code_hash"]):
+                conn.execute(
+                    "UPDATE guest_codes SET failures = failures + 1 WHERE participant_id = ?",
+                    (participant_id,),
+                )
+                return GuestCodeOutcome.INVALID
             conn.execute("DELETE FROM guest_codes WHERE participant_id = ?", (participant_id,))
             conn.execute(
                 "INSERT INTO guest_sessions (token_hash, participant_id, created_at, expires_at)"
                 " VALUES (?, ?, ?, ?)",
                 (code_digest(token), participant_id, _ts(now), _ts(expires_at)),
             )
+            return GuestCodeOutcome.OPENED
 
-        await self.db.transaction(write)
+        return await self.db.transaction(write)
 
     async def guest_session(self, token: str, now: datetime) -> Participant | None:
         """The external participant a live guest session token belongs to."""

@@ -6,7 +6,8 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import sqlite3
-from datetime import UTC, datetime
+from collections.abc import Awaitable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -223,5 +224,50 @@ async def test_other_parts_queue_mail_once(tmp_path: Path) -> None:
         assert row["envelope_from"] == "postmaster@relais.localhost"
         # The duplicate's blob was removed.
         assert len(list(store.documents.blobs.iter_blob_ids())) == 1
+    finally:
+        await db.close()
+
+
+def test_a_record_never_shows_its_clear_content() -> None:
+    record = dataclasses.replace(_new_thread("pro"), content=b'{"patient_ins": "185057800608436"}')
+    assert b"185057800608436" in (record.content or b"")
+    assert "185057800608436" not in repr(record)
+
+
+async def test_concurrent_guesses_of_a_guest_code_are_counted_one_by_one(tmp_path: Path) -> None:
+    from relay.messaging.store import GuestCodeOutcome, code_digest
+
+    db, store, pro = await _store(tmp_path)
+    try:
+        record = _new_thread(pro)
+        await store.insert(record, NOW)
+        assert record.thread is not None
+        guest = record.thread.participants[1].id  # the external participant
+        entry = OutboxEntry(new_id(), "<g@relais.localhost>", OutboxKind.GUEST_CODE, "", "x@c", "b")
+        await store.set_guest_code(guest, "123456", NOW + timedelta(minutes=15), entry, NOW)
+
+        def redeem(code: str) -> Awaitable[GuestCodeOutcome]:
+            return store.redeem_guest_code(
+                guest,
+                code_digest(code),
+                token=new_id(),
+                expires_at=NOW + timedelta(hours=1),
+                max_failures=5,
+                now=NOW,
+            )
+
+        wrong = await asyncio.gather(*(redeem(f"{n:06d}") for n in range(20)))
+        assert wrong.count(GuestCodeOutcome.INVALID) == 5  # each counted, then refused
+        assert wrong.count(GuestCodeOutcome.TOO_MANY) == 15
+        pending = await store.guest_code(guest)
+        assert pending is not None and pending.failures == 5
+        assert await redeem("123456") is GuestCodeOutcome.TOO_MANY  # even the right one now
+
+        # A fresh code is consumed by one of two simultaneous right answers only.
+        await store.set_guest_code(guest, "654321", NOW + timedelta(minutes=15), entry, NOW)
+        both = await asyncio.gather(redeem("654321"), redeem("654321"))
+        assert sorted(o.value for o in both) == ["invalid", "opened"]
+        sessions = await db.fetchone("SELECT count(*) AS n FROM guest_sessions")
+        assert sessions is not None and sessions["n"] == 1
     finally:
         await db.close()
