@@ -93,6 +93,8 @@ async def test_cancelled_calls_leave_the_pipes_in_step(one_worker: ParserPool) -
     await asyncio.sleep(0)
     in_flight.cancel()
     queued.cancel()
+    await asyncio.sleep(0)
+    assert one_worker.waiting == 1  # the cancelled one left the queue at once, with its bytes
     after = asyncio.create_task(one_worker.parse(mail("after")))
     assert subject_of(await asyncio.wait_for(kept, 30)) == "kept"
     assert subject_of(await asyncio.wait_for(after, 30)) == "after"
