@@ -51,6 +51,7 @@ from signaling.errors import (
     SignalingError,
     UnknownMessageType,
 )
+from signaling.frozen import quick_init
 from signaling.turn import IceServer, RtcConfiguration
 
 PROTOCOL_VERSION: Final = 1
@@ -634,6 +635,16 @@ SERVER_MESSAGE_TYPES: Final[Mapping[str, type[ServerMessage]]] = {
     )
 }
 
+# Every frame of a call builds messages (the parsed one, then the relayed one): the plain
+# dataclass __init__ of a frozen class is most of that cost (see signaling.frozen).
+for _message_class in (
+    ConsentRecord,
+    ParticipantInfo,
+    *CLIENT_MESSAGE_TYPES.values(),
+    *SERVER_MESSAGE_TYPES.values(),
+):
+    quick_init(_message_class)
+
 # --- Codec ---------------------------------------------------------------------------------
 #
 # Every frame of a call goes through here twice (the sender's message parsed, the relayed one
@@ -1070,18 +1081,24 @@ def _decode_exact(raw: str | bytes, decoders: Mapping[str, _ObjectDecoder]) -> A
     return decode(obj, "")
 
 
+_FastDecoder: TypeAlias = tuple[_ObjectDecoder, frozenset[str]]
+"""A message type's object decoder and its JSON keys (``type`` included)."""
+
+
 def _decode(
     raw: str | bytes,
     max_bytes: int,
-    fast: Mapping[str, _ObjectDecoder],
+    fast: Mapping[str, _FastDecoder],
     decoders: Mapping[str, _ObjectDecoder],
 ) -> Any:
     """A frame read by orjson and decoded by ``fast`` (the message types whose fields are
     all scalars). Anything short of a clean decode is done again by ``_decode_exact``, whose
     answer is given: orjson refuses the text, not an object, a type not in ``fast``, a field
     refused (perhaps an integer past 64 bits that orjson made a float), or an array or object
-    value (only unknown keys can hold one; the stdlib's nesting limit is its own)."""
-    _check_size(raw, max_bytes)
+    value (only unknown keys can hold one: a scalar field refuses them; the stdlib's nesting
+    limit is its own)."""
+    if type(raw) is not str or len(raw) * 4 > max_bytes:  # _check_size's cheap bound inline
+        _check_size(raw, max_bytes)
     try:
         obj = orjson.loads(raw)
     except orjson.JSONDecodeError:
@@ -1089,12 +1106,14 @@ def _decode(
     else:
         if type(obj) is dict:
             kind = obj.get("type")
-            decode = fast.get(kind) if type(kind) is str else None
-            if decode is not None:
-                for value in obj.values():
-                    if type(value) is dict or type(value) is list:
-                        break
-                else:
+            entry = fast.get(kind) if type(kind) is str else None
+            if entry is not None:
+                decode, keys = entry
+                # Only keys of the type's own: no array or object can hide in an unknown
+                # key, and the value scan is skipped (the usual frame).
+                if keys.issuperset(obj) or not any(
+                    type(value) is dict or type(value) is list for value in obj.values()
+                ):
                     try:
                         return decode(obj, "")
                     except SignalingError:
@@ -1108,13 +1127,13 @@ _CLIENT_DECODERS: Final[Mapping[str, _ObjectDecoder]] = {
 _SERVER_DECODERS: Final[Mapping[str, _ObjectDecoder]] = {
     name: _object_decoder(cls) for name, cls in SERVER_MESSAGE_TYPES.items()
 }
-_FAST_CLIENT_DECODERS: Final[Mapping[str, _ObjectDecoder]] = {
-    name: _CLIENT_DECODERS[name]
+_FAST_CLIENT_DECODERS: Final[Mapping[str, _FastDecoder]] = {
+    name: (_CLIENT_DECODERS[name], frozenset({"type", *(plan.key for plan in _plan(cls))}))
     for name, cls in CLIENT_MESSAGE_TYPES.items()
     if all(plan.scalar is not None for plan in _plan(cls))
 }
-_FAST_SERVER_DECODERS: Final[Mapping[str, _ObjectDecoder]] = {
-    name: _SERVER_DECODERS[name]
+_FAST_SERVER_DECODERS: Final[Mapping[str, _FastDecoder]] = {
+    name: (_SERVER_DECODERS[name], frozenset({"type", *(plan.key for plan in _plan(cls))}))
     for name, cls in SERVER_MESSAGE_TYPES.items()
     if all(plan.scalar is not None for plan in _plan(cls))
 }

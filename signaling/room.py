@@ -84,6 +84,7 @@ from signaling.errors import (
     UnknownPeer,
     UnsupportedProtocol,
 )
+from signaling.frozen import quick_init
 from signaling.messages import (
     CLIENT_MESSAGE_TYPES,
     DEFAULT_MAX_MESSAGE_BYTES,
@@ -211,6 +212,7 @@ class RoomSettings:
 # --- Outputs -------------------------------------------------------------------------------
 
 
+@quick_init  # built for every relayed frame (see signaling.frozen)
 @dataclass(frozen=True)
 class Send:
     """Send ``message`` on socket ``peer_id``."""
@@ -219,6 +221,7 @@ class Send:
     message: ServerMessage
 
 
+@quick_init
 @dataclass(frozen=True)
 class Close:
     """Close socket ``peer_id`` with a WebSocket close code and a short reason (RFC 6455
@@ -373,6 +376,11 @@ class Phase(Enum):
     WAITING = "waiting"
     ADMITTED = "admitted"
 
+    # Looked up in ALLOWED_MESSAGES on every frame; Enum.__hash__ is a Python-level call
+    # (it hashes the name). Members are singletons compared by identity: hashing by identity
+    # is equivalent, and C-level.
+    __hash__ = object.__hash__
+
 
 ALLOWED_MESSAGES: Final[Mapping[Phase, frozenset[type[ClientMessage]]]] = {
     Phase.AWAITING_HELLO: frozenset({Hello}),
@@ -451,7 +459,11 @@ class _TokenBucket:
     last: float
 
     def take(self, now: float) -> bool:
-        self.tokens = min(self.burst, self.tokens + max(0.0, now - self.last) * self.rate)
+        # min(burst, tokens + max(0.0, elapsed) * rate), without the two builtin calls
+        # (run on every frame); the same value, NaN included.
+        elapsed = now - self.last
+        tokens = self.tokens + (elapsed if elapsed > 0.0 else 0.0) * self.rate
+        self.tokens = tokens if tokens < self.burst else self.burst
         self.last = now
         if self.tokens >= 1.0:
             self.tokens -= 1.0
@@ -480,7 +492,9 @@ class _Connection:
     peer_id: str
     identity: Identity
     bucket: _TokenBucket
-    permissions: frozenset[Permission]  # permissions_for(identity), looked up per message
+    permitted: frozenset[type[ClientMessage]]
+    """The message types ``permissions_for(identity)`` allows, looked up per message (a
+    type hashes by identity; a Permission's hash is a Python-level Enum.__hash__ call)."""
     greeted: bool = False
     member: _Member | None = None
 
@@ -594,12 +608,18 @@ class Room:
                 last=now,
             )
             permissions = permissions_for(identity, recording=self.settings.recording_available)
-            self._connections[peer_id] = _Connection(peer_id, identity, bucket, permissions)
+            permitted = frozenset(
+                kind
+                for kind in CLIENT_MESSAGE_TYPES.values()
+                if kind not in REQUIRED_PERMISSION or REQUIRED_PERMISSION[kind] in permissions
+            )
+            self._connections[peer_id] = _Connection(peer_id, identity, bucket, permitted)
         return self._flush()
 
     def receive(self, peer_id: str, frame: str | bytes, now: float) -> list[Action]:
         """A raw text frame arrived: rate limit, parse, then handle it."""
-        self._expire(now)
+        if now >= self._next_expiry:  # _expire's own first test, without the call per frame
+            self._expire(now)
         conn = self._connections.get(peer_id)
         if conn is not None:  # late frames from a socket we closed are dropped
             if not conn.bucket.take(now):
@@ -673,8 +693,8 @@ class Room:
                 if phase is Phase.AWAITING_HELLO:
                     raise HelloRequired("the first message must be 'hello'")
                 raise InvalidState(f"'{message.TYPE}' is not allowed while {phase.value}")
-            needed = REQUIRED_PERMISSION.get(kind)
-            if needed is not None and needed not in conn.permissions:
+            if kind not in conn.permitted:
+                needed = REQUIRED_PERMISSION[kind]
                 raise Forbidden(f"'{message.TYPE}' needs the '{needed.value}' permission")
             # Handlers validate everything before emitting or mutating anything, so an error
             # raised by one leaves the room as it was.
@@ -879,7 +899,7 @@ class Room:
             raise UnknownPeer(f"no admitted participant '{to}' in this consultation")
         if target.peer_id is None:
             raise PeerUnavailable(f"participant '{to}' is reconnecting")
-        self._send_to_peer(target.peer_id, message)
+        self._out.append(Send(target.peer_id, message))
 
     def _on_media_state(self, conn: _Connection, message: MediaState, now: float) -> None:
         member = conn.member

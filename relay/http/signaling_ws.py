@@ -81,6 +81,7 @@ READER_STOP_SECONDS: Final = 0.2
 DRAIN_POLL_SECONDS: Final = 0.25
 INTERNAL_ERROR: Final = 1011
 UNSUPPORTED_DATA: Final = 1003
+_END_OF_STREAM: Final = frozenset({WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED})
 
 
 @dataclass
@@ -112,10 +113,13 @@ class _Peer:
         self.peer_id = peer_id
         self.ws = ws
         self.outbox: deque[str] = deque()
-        self.ready = asyncio.Event()
         self.close_code: int | None = None
         self.close_reason = ""
         self.stopped_reading = asyncio.Event()
+        # The writer's wake-up, created only while it waits for work: a send to a busy
+        # writer is then just the append, and a wake-up one set_result (an asyncio.Event
+        # costs a waiter list and a Future per wait on the relay hot path).
+        self._idle: asyncio.Future[None] | None = None
         self.writer = asyncio.create_task(self._write())
 
     def send(self, text: str) -> None:
@@ -125,21 +129,28 @@ class _Peer:
             self.close(CloseCode.TRY_AGAIN_LATER, "slow_consumer")
             return
         self.outbox.append(text)
-        self.ready.set()
+        idle = self._idle
+        if idle is not None:
+            self._idle = None
+            if not idle.done():  # done: cancelled with the writer task
+                idle.set_result(None)
 
     def close(self, code: int, reason: str) -> None:
         if self.close_code is None:
             self.close_code, self.close_reason = code, reason
-            self.ready.set()
+            idle = self._idle
+            if idle is not None:
+                self._idle = None
+                if not idle.done():
+                    idle.set_result(None)
 
     async def _write(self) -> None:
-        ws = self.ws
+        ws, outbox = self.ws, self.outbox
+        loop = asyncio.get_running_loop()
         try:
             while True:
-                await self.ready.wait()
-                self.ready.clear()
-                while self.outbox and self.close_reason != "slow_consumer":
-                    await ws.send_str(self.outbox.popleft())
+                while outbox and self.close_reason != "slow_consumer":
+                    await ws.send_str(outbox.popleft())
                 if self.close_code is not None:
                     if not self.stopped_reading.is_set():
                         # aiohttp drops the TCP connection at once when close() runs while
@@ -152,6 +163,9 @@ class _Peer:
                             await asyncio.wait_for(self.stopped_reading.wait(), READER_STOP_SECONDS)
                     await ws.close(code=self.close_code, message=self.close_reason.encode())
                     return
+                if not outbox:
+                    self._idle = idle = loop.create_future()
+                    await idle
         except ConnectionError:
             return  # the socket went away; the read loop sees it and disconnects
 
@@ -219,15 +233,21 @@ class SignalingHub:
         peer = _Peer(f"s{next(self._ids)}", ws)
         runner.peers[peer.peer_id] = peer
         self._apply(runner, runner.room.connect(peer.peer_id, identity, self._clock()))
+        room, peer_id, clock = runner.room, peer.peer_id, self._clock
         try:
-            async for message in ws:
-                if message.type is WSMsgType.TEXT:
-                    actions = runner.room.receive(peer.peer_id, message.data, self._clock())
-                    self._apply(runner, actions)
+            while True:
+                # receive() rather than `async for`: one coroutine frame less per frame, and
+                # the same end (__anext__ stops on CLOSE, CLOSING and CLOSED).
+                message = await ws.receive()
+                kind = message.type
+                if kind is WSMsgType.TEXT:
+                    self._apply(runner, room.receive(peer_id, message.data, clock()))
                     if peer.close_code is not None:
                         break  # closing: let the writer's close() read the rest
-                elif message.type is WSMsgType.BINARY:
+                elif kind is WSMsgType.BINARY:
                     self._refuse(runner, peer, identity, UNSUPPORTED_DATA, "unsupported_data")
+                    break
+                elif kind in _END_OF_STREAM:
                     break
         finally:
             peer.stopped_reading.set()
@@ -325,6 +345,15 @@ class SignalingHub:
     def _apply(
         self, runner: _RoomRunner, actions: Sequence[_Step], *, timers: bool = False
     ) -> None:
+        if len(actions) == 1 and not runner.pending and not timers:
+            send = actions[0]
+            if type(send) is Send:
+                # The relay hot path (one offer/answer/candidate for one socket): nothing
+                # to order behind, nothing audited, no deadline moved.
+                peer = runner.peers.get(send.peer_id)
+                if peer is not None:
+                    peer.send(serialize(send.message))
+                return
         audited = bool(actions) and isinstance(actions[0], Audit)
         if actions:
             if runner.pending or audited:
@@ -375,13 +404,6 @@ class SignalingHub:
             self._discard_if_idle(runner)
 
     def _release(self, runner: _RoomRunner, actions: Sequence[_Step]) -> None:
-        if len(actions) == 1 and type(actions[0]) is Send:
-            # The relay hot path (one offer/answer/candidate for one peer).
-            send = actions[0]
-            peer = runner.peers.get(send.peer_id)
-            if peer is not None:
-                peer.send(serialize(send.message))
-            return
         texts: dict[int, str] = {}  # a broadcast is serialised once
         for action in actions:
             if isinstance(action, Send):

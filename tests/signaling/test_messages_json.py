@@ -261,6 +261,39 @@ def test_nesting_in_ignored_keys_gets_the_stdlib_answer(depth: int) -> None:
         assert outcome == _NOT_JSON
 
 
+_CANDIDATE = Candidate(to="b", candidate="c")
+
+
+@pytest.mark.parametrize(
+    ("frame", "expected"),
+    [
+        # Only the type's own keys: the fast path skips the scan of the values.
+        (
+            '{"type":"candidate","to":"b","candidate":"c","sdpMid":"0","sdpMLineIndex":0}',
+            Candidate(to="b", candidate="c", sdp_mid="0", sdp_mline_index=0),
+        ),
+        ('{"type":"candidate","to":"b","candidate":"c","sdpMid":null}', _CANDIDATE),
+        (
+            '{"type":"candidate","to":"b","candidate":"c","sdpMid":["0"]}',
+            (InvalidField, "invalid_field", None, "sdpMid", "field 'sdpMid' must be a string"),
+        ),
+        # An unknown key beside them: the values are scanned.
+        ('{"type":"candidate","to":"b","candidate":"c","sdpMid":null,"x":[[1]]}', _CANDIDATE),
+        ('{"type":"candidate","to":"b","candidate":"c","x":{"y":[]}}', _CANDIDATE),
+        ('{"type":"candidate","to":"b","candidate":"c","x":1}', _CANDIDATE),
+        ('{"type":"offer","to":"b","sdp":"v=0","from":"x"}', Offer(to="b", sdp="v=0")),
+    ],
+)
+def test_known_and_unknown_keys_get_the_reference_answer(frame: str, expected: object) -> None:
+    assert _same_as_reference(frame) == expected
+
+
+def test_a_deep_array_in_an_unknown_key_is_not_skipped_by_the_key_check() -> None:
+    # Deeper than the stdlib reads, within what orjson reads: the stdlib's answer stands.
+    frame = '{"type":"candidate","to":"b","candidate":"c","x":' + "[" * 1000 + "]" * 1000 + "}"
+    assert _same_as_reference(frame) == _NOT_JSON
+
+
 def test_arrays_and_objects_in_scalar_fields_are_refused_by_the_field() -> None:
     outcome = _same_as_reference('{"type":"offer","to":{"a":1},"sdp":"v=0"}')
     assert outcome == (InvalidField, "invalid_field", None, "to", "field 'to' must be a string")

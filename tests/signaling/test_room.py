@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 from collections.abc import Iterable
 from typing import TypeVar
 
@@ -79,6 +80,7 @@ from signaling.room import (
     StartRecording,
     StopRecording,
     ToRecorder,
+    _TokenBucket,
 )
 from signaling.turn import TurnSettings, turn_password
 
@@ -384,6 +386,21 @@ def test_patients_cannot_admit_remove_end_or_record(call: Harness) -> None:
         assert peers_reached(actions) == {"p"}
     assert call.room.member_state("guest-1") is MemberState.WAITING
     assert state(call) is RoomState.OPEN
+
+
+def test_forbidden_names_the_missing_permission(call: Harness) -> None:
+    expected: dict[ClientMessage, str] = {
+        Admit("doc-1"): "'admit' needs the 'admit' permission",
+        Remove("doc-1"): "'remove' needs the 'remove' permission",
+        End(): "'end' needs the 'end' permission",
+        Record(enabled=True): "'record' needs the 'record' permission",
+    }
+    for message, text in expected.items():
+        (reply,) = of_type(call.send("p", message), "p", ErrorReply)
+        assert (reply.code, reply.message) == ("forbidden", text)
+    # What the permissions allow passes the check (and reaches its handler).
+    assert errors(call.send("p", Chat(text="Bonjour")), "p") == []
+    assert of_type(call.send("p", Offer(to="doc-1", sdp="v=0")), "d", RelayedOffer)
 
 
 def test_waiting_patient_cannot_signal(h: Harness) -> None:
@@ -992,6 +1009,26 @@ def test_a_thousand_messages_a_second_closes_1008_and_spares_the_others(call: Ha
     # The doctor is unaffected.
     assert call.send("d", Ping(ref=1)) == [Send("d", Pong(ref=1))]
     assert call.room.member_state("doc-1") is MemberState.ADMITTED
+
+
+@pytest.mark.parametrize(
+    ("tokens", "last", "now"),
+    [
+        (200.0, T0, T0),
+        (0.5, T0, T0 + 0.01),
+        (0.0, T0, T0 - 5.0),  # the clock went back: no refill, no loss
+        (199.5, T0, T0 + 100.0),  # refilled past the burst: capped
+        (3.0, T0, T0 + 1e-9),
+        (1.0, T0, math.nan),
+    ],
+)
+def test_token_bucket_refills_as_min_max_would(tokens: float, last: float, now: float) -> None:
+    bucket = _TokenBucket(rate=50.0, burst=200.0, tokens=tokens, last=last)
+    refilled = min(200.0, tokens + max(0.0, now - last) * 50.0)
+    assert bucket.take(now) is (refilled >= 1.0)
+    expected = refilled - 1.0 if refilled >= 1.0 else refilled
+    assert bucket.tokens == expected or (math.isnan(bucket.tokens) and math.isnan(expected))
+    assert bucket.last == now or math.isnan(now)
 
 
 def test_sustained_normal_rate_is_fine(call: Harness) -> None:

@@ -5,6 +5,7 @@ with 1013 once ``MAX_OUTBOX`` frames wait behind the transport's flow control.""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 
@@ -102,3 +103,32 @@ async def test_a_receiver_that_stops_reading_gets_an_ordered_prefix_then_1013() 
             assert len(received) + MAX_OUTBOX <= total
         finally:
             draining.cancel()
+
+
+async def test_a_send_wakes_an_idle_writer_and_a_dead_writer_is_never_woken() -> None:
+    hub = _hub(Recorder())
+    async with serving(hub) as open_socket:
+        doctor = await open_socket("room1", "dr1")
+        await doctor.join()
+        nurse = await open_socket("room1", "dr2")
+        await nurse.join()
+        await doctor.expect("participant_joined")
+        runner = hub._rooms["room1"]
+        peer = runner.peers["s2"]  # the second socket of this fresh hub: the nurse's
+        await asyncio.sleep(0.05)
+        # Idle: waiting on a Future of its own, which the next send completes.
+        assert peer._idle is not None and not peer._idle.done()
+        await doctor.send({"type": "candidate", "to": "dr2", "candidate": "candidate:1"})
+        assert (await nurse.expect("candidate"))["from"] == "dr1"
+        # A writer cancelled while idle (the hub's grace timeout) leaves a cancelled Future:
+        # sends and closes that come later must not try to complete it.
+        await asyncio.sleep(0.05)
+        waiting = peer._idle
+        assert waiting is not None
+        peer.writer.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await peer.writer
+        assert waiting.cancelled()
+        peer.send("{}")
+        peer.close(1000, "")
+        assert peer.close_code == 1000
