@@ -22,7 +22,7 @@ import av
 import pytest
 from aiortc import AudioStreamTrack, RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
-from tests.conftest import bearer, login
+from tests.conftest import bearer, login, metric
 from tests.harness.accounts import NURSE, PHYSICIAN, SPECIALIST, add_account
 from tests.harness.redis_server import free_port
 from tests.harness.relay_process import RelayProcess, init_data_dir
@@ -82,16 +82,6 @@ class Recorded:
     async def close(self) -> None:
         if self.pc is not None:
             await self.pc.close()
-
-
-async def _metric(http: aiohttp.ClientSession, sample: str) -> float:
-    """One sample of /metrics (``name`` or ``name{labels}``), 0 when absent."""
-    async with http.get("/metrics") as response:
-        text = await response.text()
-    for line in text.splitlines():
-        if line.startswith(sample + " "):
-            return float(line.split()[-1])
-    return 0.0
 
 
 async def _recordings(http: aiohttp.ClientSession, cid: str, token: str) -> list[Json]:
@@ -169,13 +159,13 @@ async def test_recording_runs_with_everyone_s_consent_and_reads_back_as_webm(
         await patient.send({"type": "offer", "to": RECORDER, "sdp": "v=0\r\nm=nonsense\r\n"})
         assert (await patient.event("error"))["code"] == "invalid_sdp"
 
-        stored_before = await _metric(
+        stored_before = await metric(
             http, 'relais_recordings_stored_total{end_reason="missing_consent"}'
         )
         await _media_to_recorder(doctor, patient)
         await asyncio.sleep(2.5)  # about 37 archived frames each at 15 fps
         assert await _recordings(http, cid, physician) == []  # nothing until it stops
-        assert await _metric(http, "relais_recording_participants") == 2
+        assert await metric(http, "relais_recording_participants") == 2
 
         # The patient withdraws: the recording stops for everyone and is stored.
         await patient.send({"type": "consent", "kind": "recording", "granted": False})
@@ -190,8 +180,8 @@ async def test_recording_runs_with_everyone_s_consent_and_reads_back_as_webm(
         await asyncio.wait_for(poll(), 30)
 
     assert sorted(r["participant_id"] for r in stored) == sorted([doctor.me, patient.me])
-    assert await _metric(http, "relais_recording_participants") == 0
-    stored_after = await _metric(
+    assert await metric(http, "relais_recording_participants") == 0
+    stored_after = await metric(
         http, 'relais_recordings_stored_total{end_reason="missing_consent"}'
     )
     assert stored_after == stored_before + 2
