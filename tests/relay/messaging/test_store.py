@@ -22,8 +22,10 @@ from relay.messaging.model import (
     ParticipantKind,
     Thread,
 )
+from relay.messaging.service import Messaging, MessagingConfig
 from relay.messaging.store import MessagingStore, NewMessageRecord
 from storage.blobs import BlobStore
+from storage.bus import InMemoryBus
 from storage.database import Database
 from storage.keys import Keyring
 from storage.sealed import SealedDocuments
@@ -41,6 +43,17 @@ async def _store(tmp_path: Path) -> tuple[Database, MessagingStore, str]:
     )
     blobs = BlobStore(tmp_path / "blobs", Keyring.create(tmp_path / "keys"))
     return db, MessagingStore(db, SealedDocuments(db, blobs)), pro
+
+
+def _messaging(store: MessagingStore) -> Messaging:
+    return Messaging(
+        store=store,
+        blobs=store.documents.blobs,
+        bus=InMemoryBus(),
+        config=MessagingConfig("relais.localhost", "https://relais.example"),
+        reply_secret=b"s" * 32,
+        patient_reference=lambda ins: ins,
+    )
 
 
 def _new_thread(pro: str, rfc822_id: str | None = None) -> NewMessageRecord:
@@ -99,18 +112,9 @@ async def test_contents_from_before_sealed_documents_are_read_from_their_blob_fi
 ) -> None:
     """A relay upgraded past migration 0007 keeps the blob files of its older messages."""
     from relay.messaging.content import MessageContent, ThreadContent
-    from relay.messaging.service import Messaging, MessagingConfig
-    from storage.bus import InMemoryBus
 
     db, store, pro = await _store(tmp_path)
-    messaging = Messaging(
-        store=store,
-        blobs=store.documents.blobs,
-        bus=InMemoryBus(),
-        config=MessagingConfig("relais.localhost", "https://relais.example"),
-        reply_secret=b"s" * 32,
-        patient_reference=lambda ins: ins,
-    )
+    messaging = _messaging(store)
     try:
         old = await store.documents.blobs.put(
             bytes(MessageContent("Écrit avant", thread=ThreadContent("Ancien sujet", None)))
@@ -192,18 +196,9 @@ async def test_mailbox_lookup(tmp_path: Path, address: str) -> None:
 async def test_other_parts_queue_mail_once(tmp_path: Path) -> None:
     from relay.mail.notifications import Notification, NotificationKind, build_notification
     from relay.messaging.model import OutboxKind
-    from relay.messaging.service import Messaging, MessagingConfig
-    from storage.bus import InMemoryBus
 
     db, store, _ = await _store(tmp_path)
-    messaging = Messaging(
-        store=store,
-        blobs=store.documents.blobs,
-        bus=InMemoryBus(),
-        config=MessagingConfig("relais.localhost", "https://relais.example"),
-        reply_secret=b"s" * 32,
-        patient_reference=lambda ins: ins,
-    )
+    messaging = _messaging(store)
     try:
         mail = build_notification(
             Notification(
