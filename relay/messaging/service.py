@@ -21,7 +21,7 @@ import os
 import secrets
 import sqlite3
 import stat
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from email.message import EmailMessage
@@ -159,6 +159,30 @@ class _Draft:
     blobs: list[str] = field(default_factory=list)
 
 
+class _OneAtATime:
+    """Per-key mutual exclusion, the lock forgotten once nobody holds or waits for it."""
+
+    def __init__(self) -> None:
+        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+
+    @contextlib.asynccontextmanager
+    async def hold(self, key: str | None) -> AsyncIterator[None]:
+        if key is None:
+            yield
+            return
+        lock, users = self._locks.get(key, (asyncio.Lock(), 0))
+        self._locks[key] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[key]
+            if users == 1:
+                del self._locks[key]
+            else:
+                self._locks[key] = (lock, users - 1)
+
+
 class Messaging:
     """Threads and messages over the store, the blob store and the bus (module docstring)."""
 
@@ -180,6 +204,7 @@ class Messaging:
         self.patient_reference = patient_reference
         self.outbox_wakeup = asyncio.Event()
         """Set whenever a mail is queued: the outbox worker waits on it."""
+        self._receiving = _OneAtATime()
 
     @property
     def domain(self) -> str:
@@ -354,6 +379,19 @@ class Messaging:
         header section, for receipts and bounces. A delivery report to the bounce address
         fails the deliveries it names (:meth:`_receive_bounce`).
         """
+        # Two copies of one mail (a client retrying while the first copy is still being
+        # stored) are taken one after the other: the second then finds the first by its
+        # Message-ID and is acknowledged without a second message.
+        async with self._receiving.hold(mail.parsed.message_id):
+            return await self._receive(mail, now, before_commit, before_bounce)
+
+    async def _receive(
+        self,
+        mail: InboundMail,
+        now: datetime,
+        before_commit: BeforeCommit | None,
+        before_bounce: BeforeBounce | None,
+    ) -> Received:
         posted: list[Posted] = []
         for target in mail.targets:
             if target.kind is TargetKind.REPLY:

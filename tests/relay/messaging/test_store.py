@@ -266,3 +266,30 @@ async def test_concurrent_guesses_of_a_guest_code_are_counted_one_by_one(tmp_pat
         assert sessions is not None and sessions["n"] == 1
     finally:
         await db.close()
+
+
+async def test_two_copies_of_one_mail_arriving_together_make_one_message(tmp_path: Path) -> None:
+    """A client retrying while the first copy is still being stored: one thread, one message,
+    the second copy acknowledged as a duplicate."""
+    from relay.mail.limits import parse_message
+    from relay.messaging.inbound import InboundMail, InboundTarget, TargetKind
+
+    db, store, pro = await _store(tmp_path)
+    messaging = _messaging(store)
+    raw = (
+        b"From: dr.x@hopital.example\r\nTo: ide@relais.localhost\r\nSubject: Retry\r\n"
+        b"Message-ID: <retry-1@hopital.example>\r\n\r\nBonjour.\r\n"
+    )
+    target = InboundTarget(TargetKind.PROFESSIONAL, "ide@relais.localhost", professional_id=pro)
+    mail = InboundMail(parse_message(raw), raw, "dr.x@hopital.example", (target,))
+    try:
+        first, second = await asyncio.gather(
+            messaging.receive_mail(mail, NOW), messaging.receive_mail(mail, NOW)
+        )
+        posted = [*first.posted, *second.posted]
+        assert sorted(p.duplicate for p in posted) == [False, True]
+        assert len({p.message_id for p in posted}) == 1
+        count = await db.fetchone("SELECT count(*) AS n FROM messages")
+        assert count is not None and count["n"] == 1
+    finally:
+        await db.close()
