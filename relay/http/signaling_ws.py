@@ -46,6 +46,7 @@ from relay.http.context import runtime, session_token
 from relay.http.route import Route
 from relay.policy import Action, is_allowed
 from relay.recordings import RecordingStore
+from relay.runtime import utcnow
 from signaling.errors import CloseCode, ConsultationEnded, SignalingError, TokenError
 from signaling.messages import ErrorReply, RelayedOffer, serialize
 from signaling.recorder import Answer as RecorderAnswer
@@ -629,7 +630,9 @@ def _hub(request: web.Request, service: Teleconsultation) -> SignalingHub:
                 room_settings,
                 audit=audit,
                 on_ended=ended,
-                clock=lambda: rt.clock().timestamp(),
+                # The wall clock itself unless a test set another: read once per frame,
+                # a datetime built and converted costs 0.4 µs against 0.07.
+                clock=time.time if rt.clock is utcnow else lambda: rt.clock().timestamp(),
                 recorder=recorder if room_settings.recording_available else None,
             ),
         )
