@@ -346,7 +346,10 @@ class SignalingHub:
     def _apply(
         self, runner: _RoomRunner, actions: Sequence[_Step], *, timers: bool = False
     ) -> None:
-        if len(actions) == 1 and not runner.pending and not timers:
+        # Busy: a batch waits, or one is being performed (its audit being written: it has
+        # left ``pending`` already, and what follows must not overtake it).
+        busy = bool(runner.pending) or runner.performer is not None
+        if len(actions) == 1 and not busy and not timers:
             send = actions[0]
             if type(send) is Send:
                 # The relay hot path (one offer/answer/candidate for one socket): nothing
@@ -357,7 +360,7 @@ class SignalingHub:
                 return
         audited = bool(actions) and isinstance(actions[0], Audit)
         if actions:
-            if runner.pending or audited:
+            if busy or audited:
                 runner.pending.append(actions)
                 if runner.performer is None:
                     runner.performer = asyncio.create_task(self._perform(runner))

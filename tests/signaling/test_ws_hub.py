@@ -201,3 +201,25 @@ def test_every_room_event_maps_to_a_valid_audit_record(kind: AuditKind) -> None:
         assert dict(record.detail) == {"reason": "chat", "size": "42"}
     if subject is not None:
         assert record.entities[1].id == "c0ffee:p2"
+
+
+async def test_a_relayed_frame_waits_for_an_audit_being_written() -> None:
+    """The room's order holds while an earlier batch's audit is being written: a candidate
+    sent after a chat message reaches the other peer after it, not before."""
+    gate = asyncio.Event()
+    recorder = Recorder(hold={AuditKind.CHAT: gate})
+    hub = SignalingHub(RoomSettings(), audit=recorder.audit, on_ended=recorder.on_ended)
+    async with serving(hub) as open_socket:
+        doctor = await open_socket("room1", "dr1")
+        await doctor.join()
+        nurse = await open_socket("room1", "dr2")
+        await nurse.join()
+        await doctor.expect("participant_joined")
+        await doctor.send({"type": "chat", "text": "bonjour"})
+        await asyncio.sleep(0.1)  # the chat's audit is being written (held)
+        await doctor.send({"type": "candidate", "to": "dr2", "candidate": "candidate:1"})
+        await asyncio.sleep(0.1)
+        gate.set()
+        first = await nurse.expect_any(("chat", "candidate"))
+        second = await nurse.expect_any(("chat", "candidate"))
+        assert [first["type"], second["type"]] == ["chat", "candidate"]
