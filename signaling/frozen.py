@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import sys
 from typing import Any, TypeVar
 
 _T = TypeVar("_T")
@@ -28,37 +29,50 @@ def quick_init(cls: type[_T]) -> type[_T]:
     at import time rather than build a different object.
     """
     params = getattr(cls, "__dataclass_params__", None)
-    if params is None or not params.frozen:
-        raise TypeError(f"{cls.__name__} is not a frozen dataclass")
+    if params is None or not params.frozen or not params.init:
+        raise TypeError(f"{cls.__name__} is not a frozen dataclass with a generated __init__")
     if "__slots__" in cls.__dict__ or hasattr(cls, "__post_init__"):
         raise TypeError(f"{cls.__name__}: slots or __post_init__ need the dataclass __init__")
+    if cls.__init__.__code__.co_filename != "<string>":
+        # dataclasses generates its __init__ from source text; one written in the class body
+        # (which @dataclass keeps) may do more than store the fields.
+        raise TypeError(f"{cls.__name__}: its own __init__ would be replaced")
     fields = dataclasses.fields(cls)  # type: ignore[arg-type]
     original = list(inspect.signature(cls.__init__).parameters.values())[1:]
     if [p.name for p in original] != [f.name for f in fields]:  # an InitVar, kw-only...
         raise TypeError(f"{cls.__name__}: __init__ parameters are not exactly its fields")
-    namespace: dict[str, Any] = {}
+    defaults: dict[str, Any] = {}
     arguments = []
     lines = []
     for f, parameter in zip(fields, original, strict=True):
         if (
             f.default_factory is not dataclasses.MISSING
             or parameter.kind is not inspect.Parameter.POSITIONAL_OR_KEYWORD
+            or f.name == "self"
+            or f.name.startswith("_quick_")  # the generated code's own names
         ):
             raise TypeError(f"{cls.__name__}.{f.name}: unsupported field")
         if f.default is dataclasses.MISSING:
             arguments.append(f.name)
         else:
-            namespace[f"default_{f.name}"] = f.default
-            arguments.append(f"{f.name}=default_{f.name}")
-        lines.append(f"    d[{f.name!r}] = {f.name}")
+            defaults[f"_quick_default_{f.name}"] = f.default
+            arguments.append(f"{f.name}=_quick_default_{f.name}")
+        lines.append(f"        _quick_d[{f.name!r}] = {f.name}")
+    body = ["        _quick_d = self.__dict__", *lines] if fields else ["        pass"]
+    # As dataclasses does: a factory taking the defaults, run with the class's module as
+    # globals, so the __init__ resolves its annotations (typing.get_type_hints) like the
+    # original. Built from the class's own field names (identifiers), never outside input.
     source = "\n".join(
-        [f"def __init__(self, {', '.join(arguments)}):", "    d = self.__dict__", *lines]
-        if fields
-        else ["def __init__(self):", "    pass"]
+        [
+            f"def _quick_factory({', '.join(defaults)}):",
+            f"    def __init__(self, {', '.join(arguments)}):",
+            *body,
+            "    return __init__",
+        ]
     )
-    # Built from the class's own field names (identifiers), never from outside input.
-    exec(source, namespace)  # noqa: S102
-    init = namespace["__init__"]
+    namespace: dict[str, Any] = {}
+    exec(source, sys.modules[cls.__module__].__dict__, namespace)  # noqa: S102
+    init = namespace["_quick_factory"](**defaults)
     init.__qualname__ = f"{cls.__qualname__}.__init__"
     init.__module__ = cls.__module__
     init.__doc__ = cls.__init__.__doc__

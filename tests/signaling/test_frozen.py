@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import typing
 from dataclasses import InitVar, dataclass, field
 from typing import Any, ClassVar
 
@@ -166,12 +167,69 @@ def _not_in_init() -> type[Any]:
     return Computed
 
 
+def _own_init() -> type[Any]:
+    @dataclass(frozen=True)
+    class OwnInit:
+        a: int
+
+        def __init__(self, a: int) -> None:  # kept by @dataclass: it does more than store
+            object.__setattr__(self, "a", abs(a))
+
+    return OwnInit
+
+
+def _reserved_name() -> type[Any]:
+    @dataclass(frozen=True)
+    class Reserved:
+        _quick_d: int
+
+    return Reserved
+
+
+def _no_init() -> type[Any]:
+    @dataclass(frozen=True, init=False)
+    class NoInit:
+        a: int = 0
+
+    return NoInit
+
+
 @pytest.mark.parametrize(
     "make",
-    [_not_frozen, _post_init, _factory, _keyword_only, _init_var, _slots, _not_in_init],
+    [
+        _not_frozen,
+        _post_init,
+        _factory,
+        _keyword_only,
+        _init_var,
+        _slots,
+        _not_in_init,
+        _own_init,
+        _reserved_name,
+        _no_init,
+    ],
     ids=lambda make: make.__name__,
 )
 def test_classes_whose_init_does_more_are_refused(make: Any) -> None:
     cls = make()
     with pytest.raises(TypeError):
         quick_init(cls)
+
+
+@quick_init
+@dataclass(frozen=True)
+class _Named:
+    a: int
+    d: str = "default"  # a field named like a local of a naive generated __init__
+    self_: tuple[int, ...] = ()
+
+
+def test_any_field_name_is_stored_and_hints_resolve_in_the_module() -> None:
+    named = _Named(1, "x", (2,))
+    assert (named.a, named.d, named.self_) == (1, "x", (2,))
+    assert _Named(1) == _Named(1, "default", ())
+    # The generated __init__ reads its annotations with the module's names, as the
+    # dataclass's own did.
+    hints = typing.get_type_hints(_Named.__init__)
+    assert hints["a"] is int and hints["d"] is str
+    assert inspect.signature(_Named, eval_str=True).parameters["a"].annotation is int
