@@ -203,13 +203,18 @@ class Database:
         return await self.transaction(lambda conn: conn.execute(sql, params).rowcount)
 
     async def fetchone(self, sql: str, params: Params = ()) -> sqlite3.Row | None:
-        """Return the first row of a query, or None."""
-        row: sqlite3.Row | None = await self.read(lambda conn: conn.execute(sql, params).fetchone())
+        """Return the first row of a query, or None (on the reader: one statement is its own
+        snapshot, no BEGIN/COMMIT needed)."""
+        row: sqlite3.Row | None = await self._call(
+            self._reader_executor, self._reader, lambda conn: conn.execute(sql, params).fetchone()
+        )
         return row
 
     async def fetchall(self, sql: str, params: Params = ()) -> list[sqlite3.Row]:
-        """Return every row of a query."""
-        return await self.read(lambda conn: conn.execute(sql, params).fetchall())
+        """Return every row of a query (on the reader, as :meth:`fetchone`)."""
+        return await self._call(
+            self._reader_executor, self._reader, lambda conn: conn.execute(sql, params).fetchall()
+        )
 
     async def integrity_check(self) -> str:
         """``PRAGMA integrity_check``: "ok" when the file is sound."""
