@@ -69,6 +69,17 @@ class Metrics:
             ["result"],
             registry=self.registry,
         )
+        self.outbox_pending = Gauge(
+            "relais_outbox_pending",
+            "Outbound mails waiting to be sent (first attempt or retry), at the last pass.",
+            registry=self.registry,
+        )
+        self.outbox_oldest_pending = Gauge(
+            "relais_outbox_oldest_pending_seconds",
+            "How long the oldest waiting outbound mail has been queued (0: none), at the "
+            "outbox's last pass: alert on it when the smarthost refuses or is down.",
+            registry=self.registry,
+        )
         info = Gauge("relais_node_info", "Node identity.", ["node"], registry=self.registry)
         info.labels(node=node).set(1)
 

@@ -223,6 +223,15 @@ class OutboxQueue:
         )
         return [_row(row) for row in rows]
 
+    async def backlog(self) -> tuple[int, datetime | None]:
+        """How many mails wait to be sent, and when the oldest of them was queued."""
+        row = await self.db.fetchone(
+            "SELECT count(*) AS n, min(created_at) AS oldest FROM outbox WHERE state = 'pending'"
+        )
+        if row is None or not row["n"]:
+            return 0, None
+        return int(row["n"]), datetime.fromisoformat(row["oldest"])
+
     async def next_due(self) -> datetime | None:
         """When the earliest pending row is due, if any."""
         row = await self.db.fetchone(
@@ -298,6 +307,7 @@ class OutboxWorker:
         wakeup: asyncio.Event,
         on_delivery: DeliveryCallback,
         on_attempt: Callable[[str], None] | None = None,
+        on_backlog: Callable[[int, datetime | None], None] | None = None,
     ) -> None:
         self.queue = queue
         self.blobs = blobs
@@ -309,6 +319,7 @@ class OutboxWorker:
         self.wakeup = wakeup
         self.on_delivery = on_delivery
         self.on_attempt = on_attempt  # "sent" | "deferred" | "failed": the relay's metrics
+        self.on_backlog = on_backlog  # (waiting, oldest queued at), at each pass: metrics
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
 
@@ -334,6 +345,8 @@ class OutboxWorker:
         while not self._stopping:
             self.wakeup.clear()
             try:
+                if self.on_backlog is not None:
+                    self.on_backlog(*await self.queue.backlog())
                 rows = await self.queue.due(self.clock(), BATCH)
                 if rows:
                     await asyncio.gather(*(self._guarded(row) for row in rows))

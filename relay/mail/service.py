@@ -146,6 +146,7 @@ class MailService:
             wakeup=rt.messaging.outbox_wakeup,
             on_delivery=self._delivered,
             on_attempt=lambda result: rt.metrics.outbox_attempts.labels(result).inc(),
+            on_backlog=self._backlog,
         )
         self._worker.start()
 
@@ -168,6 +169,12 @@ class MailService:
             local_hostname=self.rt.config.server.domain,
             timeout=outbox.timeout_seconds,
         )
+
+    def _backlog(self, waiting: int, oldest: datetime | None) -> None:
+        metrics = self.rt.metrics
+        metrics.outbox_pending.set(waiting)
+        age = 0.0 if oldest is None else (self.rt.clock() - oldest).total_seconds()
+        metrics.outbox_oldest_pending.set(max(0.0, age))
 
     async def _delivered(
         self, row: OutboxRow, state: DeliveryState, failure: DeliveryFailure | None

@@ -95,6 +95,13 @@ async def test_delivers_once_the_smarthost_comes_back(setup: Setup) -> None:
             return len(rows) == 2 and all(s == "pending" and n >= 2 for s, n in rows)
 
         await eventually(retried)  # down: retried with backoff, nothing lost
+
+        async def backlog_shown() -> bool:
+            # /metrics shows the backlog while the smarthost is down, and its age.
+            waiting = await metric(http, "relais_outbox_pending")
+            return waiting >= 2 and await metric(http, "relais_outbox_oldest_pending_seconds") > 0
+
+        assert await eventually(backlog_shown)
         shown = await thread(http, nurse, created["id"])
         assert {d["state"] for d in shown["messages"][0]["deliveries"]} == {"queued"}
 
@@ -120,6 +127,11 @@ async def test_delivers_once_the_smarthost_comes_back(setup: Setup) -> None:
         # In /metrics: each attempt while down deferred, then each mail sent.
         assert await metric(http, 'relais_outbox_attempts_total{result="deferred"}') >= 4
         assert await metric(http, 'relais_outbox_attempts_total{result="sent"}') >= 2
+
+        async def drained() -> bool:
+            return await metric(http, "relais_outbox_pending") == 0
+
+        assert await eventually(drained)
     assert len(set(_message_ids(setup.sink.handler.snapshot()))) == 2
 
 
