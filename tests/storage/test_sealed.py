@@ -30,7 +30,8 @@ async def documents(tmp_path: Path, store: BlobStore) -> AsyncIterator[SealedDoc
 def test_sealed_round_trip_at_chunk_boundaries(store: BlobStore, size: int) -> None:
     doc_id, data = new_blob_id(), payload(size, seed=size)
     sealed = store.seal(doc_id, data)
-    assert data not in sealed[HEADER_SIZE:] or size == 0
+    if size >= 16:  # a shorter payload can occur in random ciphertext by chance
+        assert data not in sealed[HEADER_SIZE:]
     assert store.open_sealed(doc_id, sealed, max_bytes=size) == data
     with pytest.raises(BlobTooLarge) if size else pytest.raises(BlobIntegrityError):
         # One byte short of the size; an empty document is refused for another reason: its
