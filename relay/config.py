@@ -50,6 +50,7 @@ class SmtpSettings:
     smime_cert_file: str = ""
     smime_key_file: str = ""
     timeout_seconds: float = 300.0
+    postmaster_reader: str = ""
 
 
 @dataclass(frozen=True)

@@ -149,8 +149,10 @@ class InboundHandler:
         clock: Callable[[], datetime],
         max_recipients: int,
         on_reply: Callable[[str, str], None] | None = None,
+        postmaster_reader: str = "",
     ) -> None:
         self.messaging = messaging
+        self.postmaster_reader = postmaster_reader.strip().lower()
         self.on_reply = on_reply  # (command, reply code): the gateway's metrics
         self.store = messaging.store
         self.audit = audit
@@ -332,7 +334,7 @@ class InboundHandler:
         if found.kind is AddressKind.NOTIFICATIONS:
             raise UnknownRecipient("This address does not receive mail")
         if found.kind is AddressKind.POSTMASTER:
-            return InboundTarget(TargetKind.POSTMASTER, found.address)
+            return InboundTarget(TargetKind.POSTMASTER, found.address, reader=await self._reader())
         if found.kind is AddressKind.REPLY:
             assert found.reply_token is not None
             target = reply_tokens.verify(self.messaging.reply_secret, found.reply_token, sender)
@@ -362,6 +364,22 @@ class InboundHandler:
             )
         return InboundTarget(
             TargetKind.PROFESSIONAL, found.address, professional_id=mailbox_id, display_name=name
+        )
+
+    async def _reader(self) -> InboundTarget | None:
+        """The mailbox of ``[smtp] postmaster_reader``: an active account, or nobody (the mail
+        is still accepted and kept: postmaster must never refuse)."""
+        if not self.postmaster_reader:
+            return None
+        found = await self.store.professional_by_email(self.postmaster_reader)
+        if found is None:
+            log.warning("smtp.postmaster_reader is no active account: postmaster mail unread")
+            return None
+        return InboundTarget(
+            TargetKind.PROFESSIONAL,
+            found.email,
+            professional_id=found.id,
+            display_name=found.display_name,
         )
 
     def _check_content(self, parsed: ParsedMessage, transaction: _Transaction) -> None:

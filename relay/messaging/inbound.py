@@ -32,7 +32,8 @@ class TargetKind(StrEnum):
 @dataclass(frozen=True)
 class InboundTarget:
     """One accepted RCPT TO, resolved. For REPLY, ``participant_id`` is the participant the
-    token is bound to (the only sender allowed) and ``thread_id`` its thread."""
+    token is bound to (the only sender allowed) and ``thread_id`` its thread. For POSTMASTER,
+    ``reader`` is the professional's mailbox that postmaster mail goes to, if one is set."""
 
     kind: TargetKind
     address: str
@@ -42,6 +43,7 @@ class InboundTarget:
     thread_id: str | None = None
     participant_id: str | None = None
     bound_sender: str | None = None
+    reader: InboundTarget | None = None
 
 
 @dataclass(frozen=True)

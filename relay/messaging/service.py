@@ -401,6 +401,16 @@ class Messaging:
         mailboxes = [
             t for t in mail.targets if t.kind in (TargetKind.PROFESSIONAL, TargetKind.TEAM)
         ]
+        # Postmaster mail goes to its reader's inbox, unless it is a delivery report the
+        # relay reads itself (below) or the reader is a recipient anyway.
+        readers = [
+            t.reader
+            for t in mail.targets
+            if t.kind is TargetKind.POSTMASTER and t.reader is not None and mail.bounce is None
+        ]
+        for reader in readers[:1]:
+            if all(t.address != reader.address for t in mailboxes):
+                mailboxes.append(reader)
         if mailboxes:
             posted.append(await self._receive_for_mailboxes(mail, mailboxes, now, before_commit))
         receipts = 0
@@ -413,8 +423,8 @@ class Messaging:
         ):
             bounced = await self._receive_bounce(mail.bounce, now, before_bounce)
         raw_blob_id = None
-        if any(t.kind is TargetKind.POSTMASTER for t in mail.targets):
-            raw_blob_id = (await self.blobs.put(mail.raw)).blob_id
+        if not readers and any(t.kind is TargetKind.POSTMASTER for t in mail.targets):
+            raw_blob_id = (await self.blobs.put(mail.raw)).blob_id  # kept for nobody yet
         return Received(raw_blob_id, tuple(posted), receipts, bounced)
 
     async def _receive_bounce(

@@ -26,6 +26,7 @@ from tests.relay.messaging.helpers import (
     json_of,
     last_reply,
     mails_to,
+    simple_mail,
     start_thread,
     swaks,
     thread,
@@ -212,3 +213,49 @@ async def test_only_reports_from_a_trusted_sender_change_states(
         assert last_reply(_send_report(strict_relay, tmp_path, trusted)).startswith("250")
         mailed, notices = await _state(http, nurse, thread_id)
         assert mailed["state"] == "failed" and len(notices) == 1
+
+
+# --- a relay whose postmaster mail a professional reads ------------------------------------
+
+
+@pytest.fixture(scope="module")
+def read_postmaster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RelayProcess]:
+    root = tmp_path_factory.mktemp("postmaster-reader")
+    data_dir = init_data_dir(root)
+    add_account(data_dir, NURSE, teams=False)
+    process = start_relay(root, {"RELAIS_SMTP_POSTMASTER_READER": NURSE.email})
+    yield process
+    process.stop()
+
+
+async def test_postmaster_mail_reaches_its_reader_but_reports_the_relay_reads_do_not(
+    read_postmaster: RelayProcess, tmp_path: Path
+) -> None:
+    relay = read_postmaster
+    connector = aiohttp.TCPConnector(ssl=relay.ssl_context())
+    async with aiohttp.ClientSession(base_url=relay.url, connector=connector) as http:
+        nurse = await headers_for(http, NURSE.email)
+        path = tmp_path / "question.eml"
+        path.write_bytes(
+            simple_mail("admin@cabinet.example", BOUNCE_ADDRESS, "Question au postmaster")
+        )
+        _code, transcript = swaks(
+            relay.smtp_port, "--tls", "--from", "admin@cabinet.example", "--to", BOUNCE_ADDRESS,
+            "--data", f"@{path}",
+        )  # fmt: skip
+        assert last_reply(transcript).startswith("250 2.0.0"), transcript[-400:]
+        async with http.get("/api/threads", params={"limit": "200"}, headers=nurse) as response:
+            listed = (await json_of(response))["threads"]
+        lines = [t for t in listed if t["subject"] == "Question au postmaster"]
+        assert len(lines) == 1
+        (message,) = (await thread(http, nurse, lines[0]["id"]))["messages"]
+        assert message["source"] == "smtp"
+        assert message["author"]["address"] == "admin@cabinet.example"
+        received = await audit_events(http, resource=lines[0]["id"], action="message_received")
+        assert received  # traced like any mail
+
+        # A delivery report the relay reads itself is not passed on.
+        before = await _threads(http, nurse)
+        report = bounces.postfix(f"<{secrets.token_urlsafe(12)}@relais.localhost>", _recipient())
+        assert last_reply(_send_report(relay, tmp_path, report)).startswith("250 2.0.0")
+        assert await _threads(http, nurse) == before
