@@ -62,6 +62,15 @@ class Metrics:
             ["command", "code"],
             registry=self.registry,
         )
+        self.smtp_stage = Histogram(
+            "relais_smtp_stage_duration_seconds",
+            "Time an inbound mail spends in each step before its reply: rcpt (recipient "
+            "lookup), parse (parser processes), audit (its trace made durable), store (the "
+            "whole storing, audit included).",
+            ["stage"],
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+            registry=self.registry,
+        )
         self.outbox_attempts = Counter(
             "relais_outbox_attempts",
             "Outbound mail delivery attempts by result: sent, deferred (retried later), "

@@ -117,6 +117,7 @@ class MailService:
             clock=rt.clock,
             max_recipients=config.smtp.max_recipients,
             on_reply=lambda command, code: rt.metrics.smtp_replies.labels(command, code).inc(),
+            on_stage=lambda stage, seconds: rt.metrics.smtp_stage.labels(stage).observe(seconds),
             postmaster_reader=config.smtp.postmaster_reader,
         )
         loop = asyncio.get_running_loop()

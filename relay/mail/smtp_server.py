@@ -30,6 +30,7 @@ import ipaddress
 import logging
 import re
 import ssl
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -62,6 +63,8 @@ logging.getLogger("mail.log").setLevel(logging.WARNING)
 
 _HOST = re.compile(r"[A-Za-z0-9][A-Za-z0-9.\-]{0,252}")
 TEMPORARY_FAILURE = "451 4.3.0 Temporary local problem, try again later"
+STAGES = ("rcpt", "parse", "audit", "store")
+"""The steps of an inbound mail timed for /metrics (``relais_smtp_stage_duration_seconds``)."""
 ACCEPTED = "250 2.0.0 Message accepted for delivery"
 
 
@@ -149,11 +152,13 @@ class InboundHandler:
         clock: Callable[[], datetime],
         max_recipients: int,
         on_reply: Callable[[str, str], None] | None = None,
+        on_stage: Callable[[str, float], None] | None = None,
         postmaster_reader: str = "",
     ) -> None:
         self.messaging = messaging
         self.postmaster_reader = postmaster_reader.strip().lower()
         self.on_reply = on_reply  # (command, reply code): the gateway's metrics
+        self.on_stage = on_stage  # (stage, seconds): where an inbound mail's time goes
         self.store = messaging.store
         self.audit = audit
         self.policy = policy
@@ -180,6 +185,10 @@ class InboundHandler:
         self, server: Any, session: Any, envelope: Any
     ) -> str:
         return self._counted("data", await self._data(server, session, envelope))
+
+    def _timed(self, stage: str, started: float) -> None:
+        if self.on_stage is not None:
+            self.on_stage(stage, time.perf_counter() - started)
 
     def _counted(self, command: str, reply: str) -> str:
         if self.on_reply is not None:
@@ -212,7 +221,9 @@ class InboundHandler:
         try:
             if len(transaction.targets) >= self.max_recipients:
                 raise TooManyRecipients()
+            started = time.perf_counter()
             target = await self._resolve(address, transaction.sender, tls)
+            self._timed("rcpt", started)
         except MailError as error:
             await self._refused(session, error, tls)
             return error.smtp_reply
@@ -226,7 +237,9 @@ class InboundHandler:
         tls = peer_tls(session)
         raw: bytes = envelope.original_content
         try:
+            started = time.perf_counter()
             parsed, decrypted, bounce = await self.parse(raw)
+            self._timed("parse", started)
             self._check_content(parsed, transaction)
         except MailError as error:
             await self._refused(session, error, tls, _targets_entities(transaction))
@@ -252,9 +265,11 @@ class InboundHandler:
                 EntityRef(ResourceKind.THREAD, thread_id),
                 EntityRef(ResourceKind.MESSAGE, message_id),
             )
+            started = time.perf_counter()
             await self._record(
                 session, tls, AuditAction.MESSAGE_RECEIVED, Outcome.SUCCESS, entities, detail
             )
+            self._timed("audit", started)
 
         async def trace_case(entities: tuple[EntityRef, ...]) -> None:
             await self._record(
@@ -292,9 +307,11 @@ class InboundHandler:
             mail = dataclasses.replace(
                 mail, targets=tuple(t for t in mail.targets if not _is_case(t))
             )
+            started = time.perf_counter()
             received = await self.messaging.receive_mail(
                 mail, self.clock(), before_commit=trace, before_bounce=trace_bounce
             )
+            self._timed("store", started)
             if received.bounced:
                 log.info("bounce received: %d delivery(ies) failed", len(received.bounced))
             if not received.posted and received.raw_blob_id is not None:

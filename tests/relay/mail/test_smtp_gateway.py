@@ -18,6 +18,7 @@ import pytest
 from certs.ca import CertifiedKey, create_ca
 from certs.issue import issue_client_certificate
 from relay.mail.smime import encrypt_message
+from relay.mail.smtp_server import STAGES
 from tests.conftest import metric, require_component
 from tests.harness.accounts import PHYSICIAN, add_account
 from tests.harness.relay_process import RelayProcess, start_relay
@@ -66,6 +67,8 @@ async def test_starttls_then_delivery_to_a_professional(
 ) -> None:
     refused_before = await metric(http, 'relais_smtp_replies_total{code="530",command="mail"}')
     stored_before = await metric(http, 'relais_smtp_replies_total{code="250",command="data"}')
+    stages = [f'relais_smtp_stage_duration_seconds_count{{stage="{s}"}}' for s in STAGES]
+    stages_before = [await metric(http, sample) for sample in stages]
     code, transcript = swaks(relay.smtp_port, "--from", SENDER, "--to", PHYSICIAN.email)
     assert "530 5.7.0 Must issue a STARTTLS command first" in server_replies(transcript)
     code, transcript = swaks(
@@ -95,6 +98,8 @@ async def test_starttls_then_delivery_to_a_professional(
         await metric(http, 'relais_smtp_replies_total{code="250",command="data"}')
         == stored_before + 1
     )
+    # ... and how long each step of that mail took (rcpt, parse, audit, store).
+    assert [await metric(http, sample) for sample in stages] == [n + 1 for n in stages_before]
 
 
 async def test_the_same_mail_to_a_mailbox_twice_is_stored_once(
