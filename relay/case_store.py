@@ -298,7 +298,7 @@ class CaseStore:
             row = conn.execute("SELECT * FROM cases WHERE id = ?", (case_id,)).fetchone()
             return None if row is None else _stored_of(conn, row)
 
-        return await self.db.run(load)
+        return await self.db.read(load)
 
     async def update(
         self,
@@ -352,7 +352,7 @@ class CaseStore:
         def load(conn: sqlite3.Connection) -> list[StoredCase]:
             return [_stored_of(conn, row) for row in conn.execute(sql, params).fetchall()]
 
-        return await self.db.run(load)
+        return await self.db.read(load)
 
     async def for_requester(self, pro_id: str, team_ids: Iterable[str]) -> list[StoredCase]:
         """The professional's own cases and those shared with one of their teams."""
@@ -408,7 +408,7 @@ class CaseStore:
     # -- texts, photos, acts ------------------------------------------------------------------
 
     async def messages_of(self, case_id: str) -> list[CaseMessage]:
-        rows = await self.db.run(
+        rows = await self.db.read(
             lambda conn: conn.execute(
                 "SELECT * FROM case_messages WHERE case_id = ? ORDER BY created_at, rowid",
                 (case_id,),
@@ -448,7 +448,7 @@ class CaseStore:
         )
 
     async def photo(self, photo_id: str) -> PhotoRecord | None:
-        row = await self.db.run(
+        row = await self.db.read(
             lambda conn: conn.execute(
                 "SELECT * FROM case_photos WHERE id = ?", (photo_id,)
             ).fetchone()
@@ -456,7 +456,7 @@ class CaseStore:
         return None if row is None else _photo_of(row)
 
     async def photos_of(self, case_id: str) -> list[PhotoRecord]:
-        rows = await self.db.run(
+        rows = await self.db.read(
             lambda conn: conn.execute(
                 "SELECT * FROM case_photos WHERE case_id = ? ORDER BY created_at, id", (case_id,)
             ).fetchall()
@@ -477,7 +477,7 @@ class CaseStore:
         return None if row is None else str(row["case_id"])
 
     async def billing_acts(self, professional_id: str, patient_key: str) -> list[BillingAct]:
-        rows = await self.db.run(
+        rows = await self.db.read(
             lambda conn: conn.execute(
                 "SELECT * FROM billing_acts WHERE professional_id = ? AND patient_key = ?",
                 (professional_id, patient_key),
@@ -495,7 +495,7 @@ class CaseStore:
         ]
 
     async def acts_of_case(self, case_id: str) -> list[BillingAct]:
-        rows = await self.db.run(
+        rows = await self.db.read(
             lambda conn: conn.execute(
                 "SELECT * FROM billing_acts WHERE case_id = ? ORDER BY performed_at", (case_id,)
             ).fetchall()

@@ -636,7 +636,7 @@ class ConsultationStore:
         """A consultation with its participants, or ``None``."""
         if not _OPAQUE_ID.fullmatch(consultation_id):
             return None
-        return await self._db.run(lambda conn: _load(conn, consultation_id))
+        return await self._db.read(lambda conn: _load(conn, consultation_id))
 
     async def list_for(self, professional_id: str, limit: int = 100) -> list[Consultation]:
         """Consultations the professional organises or takes part in, latest first."""
@@ -652,7 +652,7 @@ class ConsultationStore:
             found = [_load(conn, row["id"]) for row in ids]
             return [c for c in found if c is not None]
 
-        return await self._db.run(query)
+        return await self._db.read(query)
 
     async def create(
         self,
