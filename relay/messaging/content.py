@@ -1,8 +1,9 @@
-"""What the encrypted content blobs of threads and messages hold, and their byte format.
+"""What the encrypted content documents of threads and messages hold, and their byte format.
 
 Subjects, message texts, attachment names and patient identities are health data: they are
-never put in SQL columns but in a small JSON document per thread and per message, stored in
-the encrypted blob store. Each document has ``parse``/``__bytes__`` (round-trip tested); a
+never put in SQL columns in clear but in a small JSON document per message, sealed with the
+blob store's encryption (a row of ``sealed_documents`` since migration 0007, a blob file
+before: :mod:`storage.sealed`). Each document has ``parse``/``__bytes__`` (round-trip tested); a
 document that does not parse is reported as :class:`ContentError` (an integrity problem, not
 the user's).
 """
@@ -19,7 +20,7 @@ FORMAT_VERSION = 1
 
 
 class ContentError(ValueError):
-    """A content blob does not hold a document of the expected shape."""
+    """A content document does not have the expected shape."""
 
 
 def _load(raw: bytes, kind: str) -> dict[str, Any]:
@@ -45,7 +46,7 @@ def _text(data: dict[str, Any], name: str, *, optional: bool = False) -> str | N
 class ThreadContent:
     """A thread's subject and, optionally, the patient it is about (INS, checked).
 
-    Stored inside the first message's document (one blob, one fsync for a new thread);
+    Stored inside the first message's document (nothing more to write for a new thread);
     ``parse`` reads it from there, or from a document of its own.
     """
 
@@ -102,7 +103,7 @@ class MessageContent:
     display name its sender gave.
 
     ``inline`` holds the bytes of small attachments kept inside this document rather than in
-    blobs of their own (the message is then one blob, one fsync); ``raw_headers`` the header
+    blobs of their own (the message is then one sealed row, no file); ``raw_headers`` the header
     section of an inbound mail (for receipts and bounces); ``receipt_to`` where its sender
     asked for read receipts (RFC 8098), when the relay may send them; ``thread`` the thread's
     subject and patient when this is the thread's first message.

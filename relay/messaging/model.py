@@ -86,7 +86,7 @@ class Participant:
 
 @dataclass(frozen=True)
 class Thread:
-    """A thread and its participants; its subject and patient are in the content blob."""
+    """A thread and its participants; its subject and patient are in its content document."""
 
     id: str
     content_blob_id: str
@@ -106,7 +106,7 @@ class Thread:
 
 @dataclass(frozen=True)
 class AttachmentInfo:
-    """An attachment's stored form; its file name is in the message content blob."""
+    """An attachment's stored form; its file name is in the message's content document."""
 
     id: str
     message_id: str

@@ -956,8 +956,9 @@ class Messaging:
     async def _mail_attachments(
         self, draft: _Draft, attachments: Sequence[Attachment]
     ) -> list[NewAttachment]:
-        """Small attachments travel inside the message document (one blob, one fsync for the
-        whole message); larger ones get blobs of their own (streamed downloads)."""
+        """Small attachments travel inside the message document (sealed in the message's own
+        row: no file, no extra fsync); larger ones get blobs of their own (streamed
+        downloads)."""
         inline = sum(len(a.data) for a in attachments) <= INLINE_MAX_BYTES
         stored = []
         for attachment in attachments:
