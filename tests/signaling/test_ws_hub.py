@@ -80,6 +80,18 @@ async def serving(hub: SignalingHub) -> AsyncIterator[Callable[[str, str], Await
         await runner.cleanup()
 
 
+async def two_professionals(
+    open_socket: Callable[[str, str], Awaitable[Signaling]],
+) -> tuple[Signaling, Signaling]:
+    """dr1 then dr2 joined in room1, dr1 told that dr2 joined."""
+    first = await open_socket("room1", "dr1")
+    await first.join()
+    second = await open_socket("room1", "dr2")
+    await second.join()
+    await first.expect("participant_joined")
+    return first, second
+
+
 def _hub(recorder: Recorder, **settings: float) -> SignalingHub:
     return SignalingHub(
         RoomSettings(**settings),  # type: ignore[arg-type]
@@ -122,11 +134,7 @@ async def test_grace_period_expiry_is_driven_by_the_hub_timer() -> None:
     recorder = Recorder()
     hub = _hub(recorder, grace_seconds=0.3)
     async with serving(hub) as open_socket:
-        doctor = await open_socket("room1", "dr1")
-        await doctor.join()
-        second = await open_socket("room1", "dr2")
-        await second.join()
-        await doctor.expect("participant_joined")
+        doctor, second = await two_professionals(open_socket)
         await second.ws.close()  # dropped, not left: the grace period starts
         assert (await doctor.expect("host_reconnecting"))["participant_id"] == "dr2"
         left = await doctor.expect("participant_left", timeout=3.0)
@@ -210,11 +218,7 @@ async def test_a_relayed_frame_waits_for_an_audit_being_written() -> None:
     recorder = Recorder(hold={AuditKind.CHAT: gate})
     hub = SignalingHub(RoomSettings(), audit=recorder.audit, on_ended=recorder.on_ended)
     async with serving(hub) as open_socket:
-        doctor = await open_socket("room1", "dr1")
-        await doctor.join()
-        nurse = await open_socket("room1", "dr2")
-        await nurse.join()
-        await doctor.expect("participant_joined")
+        doctor, nurse = await two_professionals(open_socket)
         await doctor.send({"type": "chat", "text": "bonjour"})
         await asyncio.sleep(0.1)  # the chat's audit is being written (held)
         await doctor.send({"type": "candidate", "to": "dr2", "candidate": "candidate:1"})

@@ -14,7 +14,7 @@ import aiohttp
 from relay.http.signaling_ws import MAX_OUTBOX, SignalingHub
 from signaling.messages import MAX_SDP_CHARS
 from signaling.room import RoomSettings
-from tests.signaling.test_ws_hub import Recorder, serving
+from tests.signaling.test_ws_hub import Recorder, serving, two_professionals
 
 _SEQ = re.compile(r"o=- (\d+) ")
 
@@ -37,11 +37,7 @@ async def _drain(ws: aiohttp.ClientWebSocketResponse) -> None:
 
 async def test_a_burst_arrives_complete_and_in_order() -> None:
     async with serving(_hub(Recorder())) as open_socket:
-        doctor = await open_socket("room1", "dr1")
-        await doctor.join()
-        nurse = await open_socket("room1", "dr2")
-        await nurse.join()
-        await doctor.expect("participant_joined")
+        doctor, nurse = await two_professionals(open_socket)
         for seq in range(500):
             if seq % 10:
                 candidate = f"candidate:{seq} 1 udp 2122260223 192.0.2.7 5000 typ host"
@@ -67,11 +63,7 @@ async def test_a_burst_arrives_complete_and_in_order() -> None:
 
 async def test_a_receiver_that_stops_reading_gets_an_ordered_prefix_then_1013() -> None:
     async with serving(_hub(Recorder())) as open_socket:
-        doctor = await open_socket("room1", "dr1")
-        await doctor.join()
-        nurse = await open_socket("room1", "dr2")
-        await nurse.join()
-        await doctor.expect("participant_joined")
+        doctor, nurse = await two_professionals(open_socket)
         # The doctor's own replies (errors once the nurse is gone) must not back up too.
         draining = asyncio.create_task(_drain(doctor.ws))
         try:
@@ -108,11 +100,7 @@ async def test_a_receiver_that_stops_reading_gets_an_ordered_prefix_then_1013() 
 async def test_a_send_wakes_an_idle_writer_and_a_dead_writer_is_never_woken() -> None:
     hub = _hub(Recorder())
     async with serving(hub) as open_socket:
-        doctor = await open_socket("room1", "dr1")
-        await doctor.join()
-        nurse = await open_socket("room1", "dr2")
-        await nurse.join()
-        await doctor.expect("participant_joined")
+        doctor, nurse = await two_professionals(open_socket)
         runner = hub._rooms["room1"]
         peer = runner.peers["s2"]  # the second socket of this fresh hub: the nurse's
         await asyncio.sleep(0.05)
