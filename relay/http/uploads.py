@@ -24,6 +24,7 @@ from relay.imaging.dicom_in import DicomSummary, read_dicom
 from relay.imaging.errors import MalformedDicom
 from relay.imaging.sanitize import SanitizedPhoto, sanitize_photo, sniff_format
 from relay.imaging.workers import create_pool
+from relay.locks import KeyedLocks
 from relay.policy import Action
 from relay.runtime import Runtime
 from relay.uploads import Upload, UploadLimits, accept_chunk, new_upload, parse_offset
@@ -31,7 +32,7 @@ from relay.uploads import Upload, UploadLimits, accept_chunk, new_upload, parse_
 OFFSET_HEADER = "Upload-Offset"
 UPLOAD_LIFETIME = timedelta(days=2)
 _POOL: ProcessPoolExecutor | None = None
-_COMPLETING: dict[str, asyncio.Lock] = {}
+_COMPLETING = KeyedLocks()  # one completion of an upload at a time
 
 
 def imaging_pool() -> ProcessPoolExecutor:
@@ -152,18 +153,11 @@ async def append(request: web.Request) -> web.StreamResponse:
     if upload.complete and photo_id is None:
         # A client retrying its last PATCH while the first still runs must not make two
         # photos: completions of one upload are serialised, and the second finds the first's.
-        lock = _COMPLETING.setdefault(upload.id, asyncio.Lock())
-        try:
-            async with lock:
-                again = await rt.db.fetchone(
-                    "SELECT photo_id FROM uploads WHERE id = ?", (upload.id,)
-                )
-                if again is None:
-                    raise NotFound("Envoi introuvable.")
-                photo_id = again["photo_id"] or await _complete(request, upload)
-        finally:
-            if not lock.locked():
-                _COMPLETING.pop(upload.id, None)
+        async with _COMPLETING.hold(upload.id):
+            again = await rt.db.fetchone("SELECT photo_id FROM uploads WHERE id = ?", (upload.id,))
+            if again is None:
+                raise NotFound("Envoi introuvable.")
+            photo_id = again["photo_id"] or await _complete(request, upload)
     return json_response(
         await _state(rt, upload, photo_id), headers={OFFSET_HEADER: str(upload.offset)}
     )

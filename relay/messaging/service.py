@@ -21,7 +21,7 @@ import os
 import secrets
 import sqlite3
 import stat
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from email.message import EmailMessage
@@ -39,6 +39,7 @@ from relay.errors import (
     TooManyRequests,
     Unauthenticated,
 )
+from relay.locks import KeyedLocks
 from relay.mail import reply_tokens
 from relay.mail.addresses import normalize_address
 from relay.mail.dsn import Bounce
@@ -159,30 +160,6 @@ class _Draft:
     blobs: list[str] = field(default_factory=list)
 
 
-class _OneAtATime:
-    """Per-key mutual exclusion, the lock forgotten once nobody holds or waits for it."""
-
-    def __init__(self) -> None:
-        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
-
-    @contextlib.asynccontextmanager
-    async def hold(self, key: str | None) -> AsyncIterator[None]:
-        if key is None:
-            yield
-            return
-        lock, users = self._locks.get(key, (asyncio.Lock(), 0))
-        self._locks[key] = (lock, users + 1)
-        try:
-            async with lock:
-                yield
-        finally:
-            lock, users = self._locks[key]
-            if users == 1:
-                del self._locks[key]
-            else:
-                self._locks[key] = (lock, users - 1)
-
-
 class Messaging:
     """Threads and messages over the store, the blob store and the bus (module docstring)."""
 
@@ -204,7 +181,7 @@ class Messaging:
         self.patient_reference = patient_reference
         self.outbox_wakeup = asyncio.Event()
         """Set whenever a mail is queued: the outbox worker waits on it."""
-        self._receiving = _OneAtATime()
+        self._receiving = KeyedLocks()
 
     @property
     def domain(self) -> str:
@@ -408,9 +385,8 @@ class Messaging:
             for t in mail.targets
             if t.kind is TargetKind.POSTMASTER and t.reader is not None and mail.bounce is None
         ]
-        for reader in readers[:1]:
-            if all(t.address != reader.address for t in mailboxes):
-                mailboxes.append(reader)
+        if readers and all(t.address != readers[0].address for t in mailboxes):
+            mailboxes.append(readers[0])
         if mailboxes:
             posted.append(await self._receive_for_mailboxes(mail, mailboxes, now, before_commit))
         receipts = 0
