@@ -163,7 +163,10 @@ class Database:
                 if conn.in_transaction:  # a read transaction: nothing to roll back
                     conn.execute("COMMIT")
 
-        return await self._call(self._reader_executor, self._reader, in_snapshot)
+        return await self._on_reader(in_snapshot)
+
+    async def _on_reader(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        return await self._call(self._reader_executor, self._reader, work)
 
     @staticmethod
     async def _call(
@@ -205,16 +208,14 @@ class Database:
     async def fetchone(self, sql: str, params: Params = ()) -> sqlite3.Row | None:
         """Return the first row of a query, or None (on the reader: one statement is its own
         snapshot, no BEGIN/COMMIT needed)."""
-        row: sqlite3.Row | None = await self._call(
-            self._reader_executor, self._reader, lambda conn: conn.execute(sql, params).fetchone()
+        row: sqlite3.Row | None = await self._on_reader(
+            lambda conn: conn.execute(sql, params).fetchone()
         )
         return row
 
     async def fetchall(self, sql: str, params: Params = ()) -> list[sqlite3.Row]:
         """Return every row of a query (on the reader, as :meth:`fetchone`)."""
-        return await self._call(
-            self._reader_executor, self._reader, lambda conn: conn.execute(sql, params).fetchall()
-        )
+        return await self._on_reader(lambda conn: conn.execute(sql, params).fetchall())
 
     async def integrity_check(self) -> str:
         """``PRAGMA integrity_check``: "ok" when the file is sound."""
@@ -223,7 +224,7 @@ class Database:
 
     async def close(self) -> None:
         """Close the connections (after pending calls) and stop the database threads."""
-        await self._call(self._reader_executor, self._reader, lambda conn: conn.close())
+        await self._on_reader(lambda conn: conn.close())
         self._reader_executor.shutdown(wait=True)
         await self.run(lambda conn: conn.close())
         self._executor.shutdown(wait=True)
