@@ -144,9 +144,12 @@ async def erase_expired_recordings(
     consultations = ConsultationStore(db)
     cutoff = now - timedelta(days=retention_days)
     erased = 0
+    patients: dict[str, str | None] = {}  # a consultation's recordings share its patient
     while batch := await store.ended_before(cutoff, RETENTION_BATCH):
         for recording in batch:
-            consultation = await consultations.get(recording.consultation_id)
+            if recording.consultation_id not in patients:
+                found = await consultations.get(recording.consultation_id)
+                patients[recording.consultation_id] = None if found is None else found.patient_ref
             await audit.record(
                 AuditRecord(
                     action=AuditAction.RECORDING_DELETED,
@@ -158,7 +161,7 @@ async def erase_expired_recordings(
                         EntityRef(ResourceKind.CONSULTATION, recording.consultation_id),
                         EntityRef(ResourceKind.RECORDING, recording.id),
                     ),
-                    patient=None if consultation is None else consultation.patient_ref,
+                    patient=patients[recording.consultation_id],
                     detail=(
                         ("reason", "retention"),
                         ("size", str(recording.size)),
