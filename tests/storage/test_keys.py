@@ -7,10 +7,12 @@ import re
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
+import storage.keys as keys_module
 from storage.errors import BlobIntegrityError, MasterKeyError, MasterKeyInUse
 from storage.keys import MASTER_KEY_BYTES, Keyring
 
@@ -186,6 +188,34 @@ def test_a_second_node_follows_a_rotation(keydir: Path, keyring: Keyring) -> Non
     assert other_node.unwrap(new_id, wrapped.wrapped) == DATA_KEY  # loads the new key lazily
     assert other_node.wrap(DATA_KEY).key_id == new_id  # follows the current pointer
     assert other_node.current_id == new_id
+
+
+def test_a_node_that_wrapped_before_follows_each_later_rotation(
+    keydir: Path, keyring: Keyring, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    other_node = Keyring.load(keydir)
+    first_id = other_node.wrap(DATA_KEY).key_id
+    reads: list[Path] = []
+    read_current = keys_module._read_current
+
+    def counted(directory: Path) -> str:
+        reads.append(directory)
+        return read_current(directory)
+
+    monkeypatch.setattr(keys_module, "_read_current", counted)
+    for _ in range(3):
+        assert other_node.wrap(DATA_KEY).key_id == first_id
+    assert reads == []  # an unchanged pointer file is not read again
+    later = time.monotonic() + 1.5
+    monkeypatch.setattr(keys_module, "monotonic", lambda: later)
+    assert other_node.wrap(DATA_KEY).key_id == first_id
+    assert len(reads) == 1  # ...though at least once a second all the same
+    reads.clear()
+    for _ in range(2):  # two rotations in a row, each seen at the next wrap
+        new_id = keyring.rotate()
+        assert other_node.wrap(DATA_KEY).key_id == new_id
+        assert other_node.current_id == new_id
+    assert len(reads) == 2
 
 
 # -- load errors: one clear line naming the file ------------------------------------------------
