@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import re
-import secrets
 import sqlite3
 from dataclasses import dataclass
 from datetime import datetime
@@ -18,15 +17,10 @@ from relay.errors import BadRequest, Conflict
 from relay.identifiers import validate_rpps
 from relay.roles import Role, TeamKind
 from storage.database import Database
+from storage.ids import new_id as new_id  # re-exported: the relay's identifiers
 
 _EMAIL = re.compile(r"^[A-Za-z0-9._%+\-]+@[A-Za-z0-9\-]+(\.[A-Za-z0-9\-]+)+$")
 _TEAM_ADDRESS = re.compile(r"^[a-z0-9][a-z0-9.\-]{1,62}$")
-
-
-def new_id() -> str:
-    """A random identifier (128 bits, hex): unguessable, and safe in URLs, audit events,
-    TURN user names and mail local parts alike."""
-    return secrets.token_hex(16)
 
 
 def token_digest(token: str) -> str:

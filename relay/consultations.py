@@ -49,6 +49,7 @@ from signaling.room import Identity, RoomSettings
 from signaling.tokens import JoinGrant, issue_join_token, verify_join_token
 from signaling.turn import DEFAULT_LIFETIME, TurnSettings
 from storage.database import Database
+from storage.ids import new_id
 
 __all__ = [
     "LINK_ROLES",
@@ -576,12 +577,6 @@ def relay_error(exc: SignalingError) -> RelayError:
 
 
 # --- SQL adapter ---------------------------------------------------------------------------
-
-
-def new_id() -> str:
-    """A random id (128 bits) as hex: safe in URLs, TURN usernames (no ``:``), room ids and
-    audit identifiers (which must start with a letter or digit)."""
-    return secrets.token_hex(16)
 
 
 def _instant(text: str | None) -> datetime | None:

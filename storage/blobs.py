@@ -46,7 +46,6 @@ import functools
 import hashlib
 import os
 import re
-import secrets
 import struct
 import threading
 import time
@@ -62,6 +61,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from storage.errors import BlobIntegrityError, BlobNotFound, BlobTooLarge, MasterKeyError
+from storage.ids import random_bytes
 from storage.keys import KEY_ID_MAX_LEN, Keyring, fsync_dir, is_valid_key_id
 
 MAGIC = b"RSB\x01"
@@ -161,7 +161,7 @@ class BlobHeader:
 
 def new_blob_id() -> str:
     """128 random bits in lower-case base32 (RFC 4648): URL-safe and case-insensitive-FS safe."""
-    return base64.b32encode(secrets.token_bytes(16)).decode("ascii").rstrip("=").lower()
+    return base64.b32encode(random_bytes(16)).decode("ascii").rstrip("=").lower()
 
 
 def is_valid_blob_id(blob_id: str) -> bool:
