@@ -473,17 +473,12 @@ class Messaging:
     ) -> Posted:
         parsed = mail.parsed
         sender = parsed.from_address
-        # The three reads this may need, independent of one another, queue together on the
-        # database thread: one wait instead of three (each wait is behind the commits of
-        # other messages: ~10 ms under load, issue 4).
-        known, copies, professional = await asyncio.gather(
-            # A reply to mail of ours that came to a mailbox address rather than the reply
-            # address: In-Reply-To/References name the thread (RFC 5322 §3.6.4).
-            self.store.threads_by_mail_ids([*parsed.in_reply_to, *parsed.references]),
-            self._inbound_copies(parsed.message_id),
-            self.store.professional_by_email(sender),
+        # A reply to mail of ours that came to a mailbox address rather than the reply
+        # address: In-Reply-To/References name the thread (RFC 5322 §3.6.4).
+        found = await self.store.inbound_lookup(
+            [*parsed.in_reply_to, *parsed.references], parsed.message_id, sender
         )
-        for thread_id in known:
+        for thread_id in found.threads:
             thread = await self.store.thread(thread_id)
             if thread is None:
                 continue
@@ -497,7 +492,7 @@ class Messaging:
             return await self._post_mail(
                 mail, thread, author, joining, subject, parsed.reply_text, now, before_commit
             )
-        for thread_id, message_id in copies:
+        for thread_id, message_id in found.copies:
             thread = await self.store.thread(thread_id)
             if (
                 thread is not None
@@ -506,7 +501,7 @@ class Messaging:
             ):
                 return Posted(thread_id, message_id, duplicate=True)
         thread_id = new_id()
-        author = self._sender_participant(thread_id, sender, parsed.from_name, professional)
+        author = self._sender_participant(thread_id, sender, parsed.from_name, found.sender)
         participants = [author]
         for target in targets:
             candidate = self._target_participant(thread_id, target)
@@ -839,11 +834,6 @@ class Messaging:
         return Participant(
             new_id(), thread_id, ParticipantKind.EXTERNAL, None, None, address, address
         )
-
-    async def _inbound_copies(self, rfc822_id: str | None) -> list[tuple[str, str]]:
-        if rfc822_id is None:
-            return []
-        return await self.store.inbound_copies(rfc822_id)
 
     def _sender_participant(
         self, thread_id: str, address: str, name: str, pro: DirectoryProfessional | None
