@@ -19,10 +19,12 @@ module) so that a PostgreSQL backend can serve several nodes later.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import queue
 import re
 import sqlite3
+import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -48,6 +50,71 @@ def _connect(path: Path) -> sqlite3.Connection:
     # writes per inbound mail). They are small and short-lived: memory is enough.
     conn.execute("PRAGMA temp_store=MEMORY")
     return conn
+
+
+class _DatabaseThread:
+    """One thread that runs calls in order, each answered on the caller's event loop.
+
+    What ``loop.run_in_executor`` with a one-thread ``ThreadPoolExecutor`` did, for less: no
+    concurrent future with its condition and callbacks, no work item, no idle semaphore.
+    Every message stored costs several such trips, on the event loop and on the database
+    threads (measured, issue 4). As with an executor, a call whose caller was cancelled
+    before it started does not run; one already running completes. Daemon: a relay stopping
+    without :meth:`Database.close` does not wait on it (SQLite rolls back what was not
+    committed).
+    """
+
+    def __init__(self, name: str) -> None:
+        self._calls: queue.SimpleQueue[_Call[Any] | None] = queue.SimpleQueue()
+        self._closed = False
+        self._thread = threading.Thread(target=self._serve, name=name, daemon=True)
+        self._thread.start()
+
+    def call(self, work: Callable[[], T]) -> asyncio.Future[T]:
+        if self._closed:
+            raise RuntimeError("the database is closed")
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        self._calls.put((work, future, loop))
+        return future
+
+    def close(self, *, wait: bool) -> None:
+        """Stop after the calls already queued."""
+        if not self._closed:
+            self._closed = True
+            self._calls.put(None)
+        if wait and self._thread is not threading.current_thread():
+            self._thread.join()
+
+    def _serve(self) -> None:
+        while (item := self._calls.get()) is not None:
+            work, future, loop = item
+            if future.cancelled():  # read across threads: at worst the work runs for nothing
+                continue
+            try:
+                result = work()
+            except BaseException as exc:  # handed to the caller, whatever it is
+                self._answer(loop, _fail, future, exc)
+            else:
+                self._answer(loop, _succeed, future, result)
+
+    @staticmethod
+    def _answer(loop: asyncio.AbstractEventLoop, how: Callable[..., None], *args: Any) -> None:
+        with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits any more
+            loop.call_soon_threadsafe(how, *args)
+
+
+_Call = tuple[Callable[[], T], "asyncio.Future[T]", asyncio.AbstractEventLoop]
+
+
+def _succeed(future: asyncio.Future[T], result: T) -> None:
+    if not future.done():  # cancelled while the work ran
+        future.set_result(result)
+
+
+def _fail(future: asyncio.Future[Any], error: BaseException) -> None:
+    if not future.done():
+        future.set_exception(error)
 
 
 def migration_files(directory: Path) -> list[tuple[int, Path]]:
@@ -101,22 +168,21 @@ class Database:
         self,
         path: Path,
         conn: sqlite3.Connection,
-        executor: ThreadPoolExecutor,
+        writer: _DatabaseThread,
         reader: sqlite3.Connection,
-        reader_executor: ThreadPoolExecutor,
+        reader_thread: _DatabaseThread,
     ):
         self.path = path
         self._conn = conn
-        self._executor = executor
+        self._writer = writer
         self._reader = reader
-        self._reader_executor = reader_executor
+        self._reader_thread = reader_thread
 
     @classmethod
     async def open(cls, path: Path, migrations: Path = DEFAULT_MIGRATIONS) -> Database:
         """Open (creating if needed) the database at ``path`` and apply pending migrations."""
-        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
-        reader_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-read")
-        loop = asyncio.get_running_loop()
+        writer = _DatabaseThread("sqlite")
+        reader_thread = _DatabaseThread("sqlite-read")
 
         def setup() -> sqlite3.Connection:
             conn = _connect(path)
@@ -129,25 +195,25 @@ class Database:
             return reader
 
         try:
-            conn = await loop.run_in_executor(executor, setup)
+            conn = await writer.call(setup)
             try:
-                reader = await loop.run_in_executor(reader_executor, setup_reader)
+                reader = await reader_thread.call(setup_reader)
             except BaseException:
-                await loop.run_in_executor(executor, conn.close)
+                await writer.call(conn.close)
                 raise
         except sqlite3.Error as exc:
-            executor.shutdown(wait=False)
-            reader_executor.shutdown(wait=False)
+            writer.close(wait=False)
+            reader_thread.close(wait=False)
             raise StorageError(f"cannot open database {path}: {exc}") from exc
         except BaseException:
-            executor.shutdown(wait=False)
-            reader_executor.shutdown(wait=False)
+            writer.close(wait=False)
+            reader_thread.close(wait=False)
             raise
-        return cls(path, conn, executor, reader, reader_executor)
+        return cls(path, conn, writer, reader, reader_thread)
 
     async def run(self, work: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``work(connection)`` on the writer thread (no transaction implied)."""
-        return await self._call(self._executor, self._conn, work)
+        return await self._call(self._writer, self._conn, work)
 
     async def read(self, work: Callable[[sqlite3.Connection], T]) -> T:
         """Run the queries of ``work(connection)`` on the reader thread, in one read
@@ -166,11 +232,11 @@ class Database:
         return await self._on_reader(in_snapshot)
 
     async def _on_reader(self, work: Callable[[sqlite3.Connection], T]) -> T:
-        return await self._call(self._reader_executor, self._reader, work)
+        return await self._call(self._reader_thread, self._reader, work)
 
     @staticmethod
     async def _call(
-        executor: ThreadPoolExecutor,
+        thread: _DatabaseThread,
         conn: sqlite3.Connection,
         work: Callable[[sqlite3.Connection], T],
     ) -> T:
@@ -181,7 +247,7 @@ class Database:
                 # Disk full, read-only file, locked: the caller answers 503.
                 raise StorageError(f"database unavailable: {exc}") from exc
 
-        return await asyncio.get_running_loop().run_in_executor(executor, call)
+        return await thread.call(call)
 
     async def transaction(self, work: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``work`` inside ``BEGIN IMMEDIATE ... COMMIT``; roll back on any error.
@@ -225,6 +291,6 @@ class Database:
     async def close(self) -> None:
         """Close the connections (after pending calls) and stop the database threads."""
         await self._on_reader(lambda conn: conn.close())
-        self._reader_executor.shutdown(wait=True)
+        self._reader_thread.close(wait=True)
         await self.run(lambda conn: conn.close())
-        self._executor.shutdown(wait=True)
+        self._writer.close(wait=True)

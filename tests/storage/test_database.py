@@ -127,3 +127,42 @@ async def test_the_queries_of_one_read_see_one_state(tmp_path: Path) -> None:
     assert await db.read(two_queries) == (1, 1)
     assert (await db.fetchone("SELECT count(*) AS n FROM notes"))["n"] == 2  # type: ignore[index]
     await db.close()
+
+
+async def test_calls_run_in_order_and_a_cancelled_waiting_call_does_not_run(
+    tmp_path: Path,
+) -> None:
+    db = await Database.open(tmp_path / "relais.db")
+    await db.execute("CREATE TABLE log (n INTEGER)")
+    release = threading.Event()
+
+    def blocked(conn: sqlite3.Connection) -> None:
+        release.wait(10)
+
+    busy = asyncio.ensure_future(db.run(blocked))
+    first = asyncio.ensure_future(db.execute("INSERT INTO log VALUES (1)"))
+    cancelled = asyncio.ensure_future(db.execute("INSERT INTO log VALUES (2)"))
+    last = asyncio.ensure_future(db.execute("INSERT INTO log VALUES (3)"))
+    await asyncio.sleep(0.05)
+    cancelled.cancel()
+    release.set()
+    await asyncio.gather(busy, first, last)
+    assert cancelled.cancelled()
+    assert [row[0] for row in await db.fetchall("SELECT n FROM log ORDER BY rowid")] == [1, 3]
+    await db.close()
+
+
+async def test_an_error_in_a_call_reaches_its_caller_only(tmp_path: Path) -> None:
+    db = await Database.open(tmp_path / "relais.db")
+
+    def broken(conn: sqlite3.Connection) -> None:
+        raise ValueError("not a database problem")
+
+    with pytest.raises(ValueError, match="not a database problem"):
+        await db.run(broken)
+    with pytest.raises(StorageError, match="database unavailable"):
+        await db.run(lambda conn: conn.execute("SELECT * FROM no_such_table"))
+    assert await db.integrity_check() == "ok"  # both threads still serve
+    await db.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        await db.fetchone("SELECT 1")
