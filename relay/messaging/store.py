@@ -316,6 +316,13 @@ def _write_message(
         )
     for entry in record.outbox:
         insert_outbox(conn, entry, now)
+    if record.thread is not None and all(
+        p.team_id is None for p in (*record.thread.participants, *record.new_participants)
+    ):
+        # A new thread without a team: its viewers are its own professionals, known here
+        # (no query on the writer thread, issue 4).
+        everyone = (*record.thread.participants, *record.new_participants)
+        return message.id, {p.professional_id for p in everyone if p.professional_id}
     return message.id, _viewers(conn, message.thread_id)
 
 

@@ -293,3 +293,45 @@ async def test_two_copies_of_one_mail_arriving_together_make_one_message(tmp_pat
         assert count is not None and count["n"] == 1
     finally:
         await db.close()
+
+
+@pytest.mark.parametrize("with_team", [False, True])
+async def test_the_viewers_of_a_new_thread_are_those_the_database_finds(
+    tmp_path: Path, with_team: bool
+) -> None:
+    """Without a team the viewers of a new thread are computed, not queried: the same set."""
+    from relay.messaging.store import _viewers
+
+    db, store, pro = await _store(tmp_path)
+    try:
+        member = new_id()
+        await db.execute(
+            "INSERT INTO professionals (id, email, display_name, role, created_at)"
+            " VALUES (?, 'msp.member@relais.localhost', 'Membre', 'nurse', ?)",
+            (member, NOW.isoformat()),
+        )
+        await db.execute(
+            "INSERT INTO teams (id, address, name, kind, created_at)"
+            " VALUES ('t1', 'msp', 'MSP', 'msp', ?)",
+            (NOW.isoformat(),),
+        )
+        await db.execute(
+            "INSERT INTO team_members (team_id, professional_id, added_at) VALUES ('t1', ?, ?)",
+            (member, NOW.isoformat()),
+        )
+        record = _new_thread(pro)
+        assert record.thread is not None
+        if with_team:
+            team = Participant(
+                new_id(), record.thread.id, ParticipantKind.TEAM, None, "t1",
+                "msp@relais.localhost", "MSP",
+            )  # fmt: skip
+            thread = dataclasses.replace(
+                record.thread, participants=(*record.thread.participants, team)
+            )
+            record = dataclasses.replace(record, thread=thread)
+        _, viewers = await store.insert(record, NOW)
+        queried = await db.read(lambda conn: _viewers(conn, record.message.thread_id))
+        assert viewers == queried == ({pro, member} if with_team else {pro})
+    finally:
+        await db.close()
