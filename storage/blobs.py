@@ -160,7 +160,9 @@ class BlobHeader:
 
 
 def new_blob_id() -> str:
-    """128 random bits in lower-case base32 (RFC 4648): URL-safe and case-insensitive-FS safe."""
+    """128 random bits in lower-case base32 (RFC 4648): URL-safe and case-insensitive-FS safe.
+    Wholly random, unlike :func:`storage.ids.new_id`: the first two characters pick the shard
+    directory, and a time prefix would send years of blobs to one of them."""
     return base64.b32encode(random_bytes(16)).decode("ascii").rstrip("=").lower()
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import re
 import threading
+import time
 
 from storage.ids import new_id, random_bytes
 
@@ -14,6 +15,19 @@ def test_ids_are_128_bit_hex_and_distinct_across_many_blocks() -> None:
     ids = [new_id() for _ in range(5000)]  # about 20 blocks of 4 KiB
     assert all(re.fullmatch(r"[0-9a-f]{32}", value) for value in ids)
     assert len(set(ids)) == len(ids)
+
+
+def test_ids_sort_by_creation_time_and_carry_80_random_bits() -> None:
+    before = time.time_ns() // 1_000_000
+    first = new_id()
+    time.sleep(0.003)
+    second = new_id()
+    after = time.time_ns() // 1_000_000
+    assert first < second  # a later id sorts after (index inserts append)
+    for value in (first, second):
+        assert before <= int(value[:12], 16) <= after
+    same_time = {new_id()[12:] for _ in range(1000)}
+    assert len(same_time) == 1000  # the rest is random, not a counter
 
 
 def test_random_bytes_of_any_size() -> None:
