@@ -93,10 +93,13 @@ class Keyring:
         self._keys = keys
         self._current_id = current_id
         self._lock = threading.Lock()
-        # (inode, mtime, size) of the pointer file when it was last read, and when: a rotation
-        # replaces the file (rename), so an unchanged identity means an unchanged pointer. It
-        # is read again at least every _POINTER_RECHECK_SECONDS all the same, in case two
-        # rotations within the clock's granularity reused an inode.
+        # (inode, mtime, size) of the pointer file when it was last read, and when. A rotation
+        # writes a new file beside the old one and renames it over: the inode differs, so the
+        # first seal after the rename reads the new pointer, as before this cache (key
+        # destruction relies on it: a seal under the old key can only be in a transaction
+        # that was open before, which its scan under the write lock waits for). It is read
+        # again at least every _POINTER_RECHECK_SECONDS all the same, should an edit in place
+        # keep the inode, size and (within the clock's granularity) the mtime.
         self._pointer_seen: tuple[int, int, int] | None = None
         self._pointer_read_at = 0.0
 
